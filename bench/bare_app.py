@@ -1,0 +1,64 @@
+"""The bare baseline: one endpoint that does one INSERT, on the same stack as walletguard
+(FastAPI, pydantic, SQLAlchemy 2 sync session, psycopg 3, uvicorn), committed per request.
+
+    WALLETGUARD_DATABASE_URL=postgresql+psycopg://… uvicorn bench.bare_app:app --workers 2
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+from sqlalchemy import DateTime, String, create_engine, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BareRow(Base):
+    __tablename__ = "bench_bare_rows"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    payee: Mapped[str] = mapped_column(String(64))
+    amount_fen: Mapped[int]
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+engine = create_engine(os.environ["WALLETGUARD_DATABASE_URL"], pool_size=10, max_overflow=10)
+Sessions = sessionmaker(engine, expire_on_commit=False)
+app = FastAPI()
+
+
+def session() -> Iterator[Session]:
+    with Sessions() as db:
+        yield db
+        db.commit()
+
+
+class PayIn(BaseModel):
+    payee: str
+    amount: str
+
+
+@app.post("/bare/payments", status_code=201)
+def bare_payment(
+    body: PayIn, db: Annotated[Session, Depends(session, scope="function")]
+) -> dict[str, str]:
+    row = BareRow(
+        payee=body.payee, amount_fen=int(body.amount.replace(".", "")), at=datetime.now(UTC)
+    )
+    db.add(row)
+    db.flush()
+    return {"id": str(row.id)}
+
+
+def create_table() -> None:
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE bench_bare_rows"))

@@ -1,0 +1,148 @@
+"""The audit log: every security event chained; edits, deletions and reorders are found."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.conftest import DEFAULT_PHONE, STRONG_PASSWORD, assert_problem, login, register
+from walletguard.audit.service import verify
+from walletguard.bootstrap import Container
+
+
+def _events(container: Container) -> list[str]:
+    with container.engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT event FROM audit_log ORDER BY seq"))]
+
+
+@contextmanager
+def _tamper(container: Container) -> Iterator[Connection]:
+    """What an attacker with direct database access can do: switch the guard off and edit."""
+    with container.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        else:
+            conn.execute(text("DROP TRIGGER audit_log_no_update"))
+            conn.execute(text("DROP TRIGGER audit_log_no_delete"))
+        yield conn
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+
+
+def _populated(client: TestClient, container: Container) -> None:
+    holder = register(client, container)
+    login(client, DEFAULT_PHONE, "wrong-password-1")
+    login(client, DEFAULT_PHONE, STRONG_PASSWORD)
+    client.post("/api/v1/sessions/revoke-others", headers=holder.auth)
+
+
+def test_security_events_are_recorded_and_the_chain_verifies(
+    client: TestClient, container: Container
+) -> None:
+    _populated(client, container)
+    events = _events(container)
+    for expected in [
+        "registration.started",
+        "holder.registered",
+        "login.succeeded",
+        "login.failed",
+        "sessions.revoked",
+    ]:
+        assert expected in events
+    with container.sessions() as db:
+        report = verify(db)
+    assert report.ok, report.problems
+    assert report.entries == len(events)
+
+
+def test_holder_sees_own_security_events(client: TestClient, container: Container) -> None:
+    holder = register(client, container)
+    register(client, container, "+8613900000000", name="李娜")
+    page = client.get("/api/v1/me/security-events", headers=holder.auth).json()
+    assert {item["event"] for item in page["items"]} >= {"holder.registered", "login.succeeded"}
+    assert page["pagination"]["total"] == len(page["items"])
+
+
+@pytest.mark.parametrize("statement", ["UPDATE audit_log SET event = 'x'", "DELETE FROM audit_log"])
+def test_the_application_cannot_update_or_delete_audit_rows(
+    client: TestClient, container: Container, statement: str
+) -> None:
+    _populated(client, container)
+    with pytest.raises(DBAPIError, match="append-only"), container.engine.begin() as conn:
+        conn.execute(text(statement))
+    assert _events(container)
+
+
+def test_truncate_is_refused_on_postgres(
+    client: TestClient, container: Container, is_postgres: bool
+) -> None:
+    if not is_postgres:
+        pytest.skip("TRUNCATE exists only on PostgreSQL")
+    _populated(client, container)
+    with pytest.raises(DBAPIError, match="append-only"), container.engine.begin() as conn:
+        conn.execute(text("TRUNCATE audit_log"))
+
+
+def test_an_edited_entry_is_named(client: TestClient, container: Container) -> None:
+    _populated(client, container)
+    with _tamper(container) as conn:
+        conn.execute(text("UPDATE audit_log SET ip = '6.6.6.6' WHERE seq = 3"))
+    with container.sessions() as db:
+        report = verify(db)
+    assert [(p.seq, p.kind) for p in report.problems] == [(3, "edited")]
+
+
+def test_a_deleted_entry_is_named(client: TestClient, container: Container) -> None:
+    _populated(client, container)
+    with _tamper(container) as conn:
+        conn.execute(text("DELETE FROM audit_log WHERE seq = 4"))
+    with container.sessions() as db:
+        report = verify(db)
+    assert (4, "missing") in [(p.seq, p.kind) for p in report.problems]
+
+
+def test_a_deleted_tail_is_found(client: TestClient, container: Container) -> None:
+    _populated(client, container)
+    total = len(_events(container))
+    with _tamper(container) as conn:
+        conn.execute(text(f"DELETE FROM audit_log WHERE seq = {total}"))
+    with container.sessions() as db:
+        report = verify(db)
+    assert [(p.seq, p.kind) for p in report.problems] == [(total, "truncated")]
+
+
+def test_reordered_entries_are_named(client: TestClient, container: Container) -> None:
+    _populated(client, container)
+    # Swap the last two entries (an entry after a swapped pair is flagged as well).
+    last = len(_events(container))
+    before = last - 1
+    with _tamper(container) as conn:
+        conn.execute(text(f"UPDATE audit_log SET seq = -5 WHERE seq = {before}"))
+        conn.execute(text(f"UPDATE audit_log SET seq = {before} WHERE seq = {last}"))
+        conn.execute(text(f"UPDATE audit_log SET seq = {last} WHERE seq = -5"))
+    with container.sessions() as db:
+        report = verify(db)
+    assert [(p.seq, p.kind) for p in report.problems] == [
+        (before, "reordered"),
+        (last, "reordered"),
+    ]
+    assert f"written as entry {last}" in report.problems[0].message
+
+
+def test_audit_never_holds_the_phone_number_or_password(
+    client: TestClient, container: Container
+) -> None:
+    _populated(client, container)
+    with container.engine.connect() as conn:
+        dump = " ".join(str(r) for r in conn.execute(text("SELECT * FROM audit_log")))
+    assert "13812345678" not in dump
+    assert STRONG_PASSWORD not in dump
+
+
+def test_unauthenticated_security_events_is_401(client: TestClient) -> None:
+    assert_problem(client.get("/api/v1/me/security-events"), 401, "not-authenticated")

@@ -1,0 +1,60 @@
+"""The FastAPI application: REST API under /api/v1, problem+json errors, health checks."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import text as sql_text
+
+from walletguard import __version__
+from walletguard.bootstrap import Container, build_container
+from walletguard.identity.endpoints import router as identity_router
+from walletguard.kit.errors import PayloadTooLarge, install_problem_handlers, problem_response
+from walletguard.kit.errors import request_language as _lang
+from walletguard.messages.endpoints import router as messages_router
+from walletguard.messages.endpoints import sandbox_router
+from walletguard.wallet.endpoints import router as wallet_router
+
+
+def create_app(container: Container | None = None) -> FastAPI:
+    container = container or build_container()
+    app = FastAPI(
+        title="walletguard",
+        version=__version__,
+        description="A mobile wallet built around the cloud-SMS-sync account takeover.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.container = container
+    install_problem_handlers(app)
+    limit = container.settings.max_request_bytes
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            error = PayloadTooLarge("error.payload_too_large.detail", limit=limit)
+            return problem_response(error, _lang(request), request.url.path)
+        return await call_next(request)
+
+    app.include_router(identity_router)
+    app.include_router(messages_router)
+    app.include_router(wallet_router)
+    if container.settings.sandbox:
+        app.include_router(sandbox_router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: the database answers")
+    def readyz() -> dict[str, str]:
+        with container.engine.connect() as conn:
+            conn.execute(sql_text("SELECT 1"))
+        return {"status": "ready"}
+
+    return app

@@ -1,0 +1,291 @@
+"""The guards other capabilities call before a sensitive action (SPEC C2, C3).
+
+``require_past_cooling_off`` refuses a device that is still in its cooling-off period,
+``require_step_up`` consumes a fresh second factor granted to this session for this action, and
+``cooling_off_daily_cap_fen`` says how much a cooling-off device may pay today. Each is a no-op
+when its control is switched off, so the simulator can take one control away at a time.
+
+Call order at a guarded action: cooling-off first (it writes nothing), then the action's own
+checks of what the caller typed, then ``require_step_up`` — it consumes the grant in the
+caller's transaction, so a refusal that rolls back leaves the grant for the next try.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from walletguard.bootstrap import Container
+from walletguard.identity.models import (
+    Device,
+    Holder,
+    Passkey,
+    RecoveryCode,
+    StepUpGrant,
+    TotpFactor,
+)
+from walletguard.kit.controls import Controls
+from walletguard.kit.errors import WalletguardError
+
+if TYPE_CHECKING:
+    # The service imports this module to compute device states; only the type goes back.
+    from walletguard.identity.service import Principal
+
+
+class SensitiveAction(StrEnum):
+    """Actions that need a fresh second factor; the value names it in the API and in SMS texts."""
+
+    # (Action names, not secrets: S105 reads "password" in them.)
+
+    ADD_DEVICE = "add_device"
+    ENABLE_SYNC = "enable_sync"
+    BIND_CARD = "bind_card"
+    RAISE_LIMIT = "raise_limit"
+    REOPEN_PAYMENTS = "reopen_payments"
+    CHANGE_PASSWORD = "change_password"  # noqa: S105
+    CHANGE_PAYMENT_PASSWORD = "change_payment_password"  # noqa: S105
+    # Forgotten payment password: the SMS code is the reset, a second factor must back it.
+    RESET_PAYMENT_PASSWORD = "reset_payment_password"  # noqa: S105
+    CHANGE_PHONE = "change_phone"
+    DISABLE_ALERT_CHANNEL = "disable_alert_channel"
+    ENROL_FACTOR = "enrol_factor"
+    REMOVE_FACTOR = "remove_factor"
+
+
+class Factor(StrEnum):
+    PASSKEY = "passkey"
+    TOTP = "totp"
+    RECOVERY_CODE = "recovery_code"
+    SMS = "sms"
+
+
+# Factors the holder holds apart from any one device's inbox: none is delivered to a device.
+STRONG_FACTORS = (Factor.PASSKEY, Factor.TOTP, Factor.RECOVERY_CODE)
+
+
+class DeviceState(StrEnum):
+    NEW = "new"
+    COOLING_OFF = "cooling_off"
+    TRUSTED = "trusted"
+    REVOKED = "revoked"
+
+
+class StepUpRequired(WalletguardError):
+    status = 403
+    slug = "step-up-required"
+    title_key = "mfa.step_up.required_title"
+
+    def __init__(self, action: SensitiveAction, factors: list[str]) -> None:
+        super().__init__(
+            "mfa.step_up.required",
+            extensions={"action": action.value, "factors": factors},
+        )
+
+
+class DeviceCoolingOff(WalletguardError):
+    status = 403
+    slug = "device-cooling-off"
+    title_key = "mfa.cooling_off.title"
+
+    def __init__(self, action: SensitiveAction, until: datetime) -> None:
+        super().__init__(
+            "mfa.cooling_off.detail",
+            extensions={"action": action.value, "until": until.isoformat()},
+            until=until.strftime("%Y-%m-%d %H:%M UTC"),
+        )
+
+
+class DeviceNotVerified(WalletguardError):
+    status = 403
+    slug = "device-not-verified"
+    title_key = "mfa.device.not_verified_title"
+
+    def __init__(self) -> None:
+        super().__init__("mfa.device.not_verified")
+
+
+def cooling_off_end(device: Device, hours: int) -> datetime:
+    return device.cooling_off_until or device.first_seen_at + timedelta(hours=hours)
+
+
+def device_state(device: Device, now: datetime, controls: Controls, cooling_off_hours: int) -> str:
+    """What a device may do now: ``new`` (nothing but verify itself), ``cooling_off``, ``trusted``.
+
+    A device left ``new`` while new-device step-up is switched off is treated as verified, and a
+    verified one as trusted while cooling-off is switched off (the vulnerable profile).
+    """
+    if device.revoked_at is not None or device.trust == "revoked":
+        return DeviceState.REVOKED
+    if device.trust == "trusted":
+        return DeviceState.TRUSTED
+    if device.trust == "new" and controls.new_device_step_up:
+        return DeviceState.NEW
+    if controls.cooling_off and now < cooling_off_end(device, cooling_off_hours):
+        return DeviceState.COOLING_OFF
+    return DeviceState.TRUSTED
+
+
+def _device(db: Session, principal: Principal) -> Device:
+    device = db.get(Device, principal.device_id)
+    if device is None or device.holder_id != principal.holder_id:
+        # Authentication already proved the session's device; this is a programming error.
+        raise DeviceNotVerified()
+    return device
+
+
+def state_of(db: Session, env: Container, principal: Principal) -> str:
+    return device_state(
+        _device(db, principal),
+        env.clock.now(),
+        env.settings.controls,
+        env.settings.cooling_off_hours,
+    )
+
+
+def enrolled_factors(db: Session, holder_id: uuid.UUID) -> list[Factor]:
+    """The holder's strong factors in the order a client should offer them."""
+    factors: list[Factor] = []
+    if db.scalar(
+        select(Passkey.id).where(Passkey.holder_id == holder_id, Passkey.removed_at.is_(None))
+    ):
+        factors.append(Factor.PASSKEY)
+    if db.scalar(
+        select(TotpFactor.id).where(
+            TotpFactor.holder_id == holder_id,
+            TotpFactor.confirmed_at.is_not(None),
+            TotpFactor.removed_at.is_(None),
+        )
+    ):
+        factors.append(Factor.TOTP)
+    if db.scalar(
+        select(RecoveryCode.id).where(
+            RecoveryCode.holder_id == holder_id, RecoveryCode.used_at.is_(None)
+        )
+    ):
+        factors.append(Factor.RECOVERY_CODE)
+    return factors
+
+
+def sms_allowed(
+    action: SensitiveAction, enrolled: list[Factor], controls: Controls, *, new_device: bool
+) -> bool:
+    """SMS is a restricted factor: only where nothing better is enrolled, never for some uses.
+
+    A new device never verifies itself with an SMS code: the phone holding the SIM, or whoever
+    reads its messages through cloud sync, could be that very device — the attack this product
+    is built around. (A trusted device approving another may use one: the code then confirms
+    the holder is at the trusted device.) For a payment-password reset the SMS code is always
+    part of the proof; whether it may be the *whole* proof is the reset's own decision.
+    """
+    if not controls.sms_restricted:
+        return True
+    if action == SensitiveAction.RESET_PAYMENT_PASSWORD:
+        return True
+    if action == SensitiveAction.ADD_DEVICE and new_device:
+        return False
+    return not enrolled
+
+
+def usable_factors(
+    db: Session,
+    env: Container,
+    holder_id: uuid.UUID,
+    action: SensitiveAction,
+    *,
+    new_device: bool = False,
+) -> list[str]:
+    """The factors that may approve ``action`` for this holder now, best first."""
+    enrolled = enrolled_factors(db, holder_id)
+    factors = [f.value for f in enrolled]
+    if sms_allowed(action, enrolled, env.settings.controls, new_device=new_device):
+        factors.append(Factor.SMS.value)
+    return factors
+
+
+def consume_grant(
+    db: Session,
+    env: Container,
+    principal: Principal,
+    action: SensitiveAction,
+    factors: frozenset[str] | None = None,
+) -> str | None:
+    """Spend one fresh grant of this session for this action; the factor it was earned with.
+
+    The conditional UPDATE makes a grant single-use even when two requests race for it.
+    """
+    now = env.clock.now()
+    query = (
+        select(StepUpGrant.id, StepUpGrant.factor)
+        .where(
+            StepUpGrant.session_id == principal.session_id,
+            StepUpGrant.action == action.value,
+            StepUpGrant.consumed_at.is_(None),
+            StepUpGrant.expires_at > now,
+        )
+        .order_by(StepUpGrant.granted_at)
+    )
+    if factors is not None:
+        query = query.where(StepUpGrant.factor.in_(sorted(factors)))
+    for grant_id, factor in db.execute(query).all():
+        spent = db.execute(
+            update(StepUpGrant)
+            .where(StepUpGrant.id == grant_id, StepUpGrant.consumed_at.is_(None))
+            .values(consumed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(spent, "rowcount", 0) == 1:
+            return str(factor)
+    return None
+
+
+def require_step_up(
+    db: Session, env: Container, principal: Principal, action: SensitiveAction
+) -> None:
+    """Consume a fresh step-up grant for ``action``; StepUpRequired names the usable factors."""
+    if state_of(db, env, principal) == DeviceState.NEW:
+        raise DeviceNotVerified()
+    if not env.settings.controls.step_up:
+        return
+    if consume_grant(db, env, principal, action) is None:
+        raise StepUpRequired(action, usable_factors(db, env, principal.holder_id, action))
+
+
+def require_past_cooling_off(
+    db: Session, env: Container, principal: Principal, action: SensitiveAction
+) -> None:
+    """Refuse a sensitive action from a device still in its cooling-off period."""
+    device = _device(db, principal)
+    settings = env.settings
+    state = device_state(device, env.clock.now(), settings.controls, settings.cooling_off_hours)
+    if state == DeviceState.NEW:
+        raise DeviceNotVerified()
+    if state == DeviceState.COOLING_OFF:
+        raise DeviceCoolingOff(action, cooling_off_end(device, settings.cooling_off_hours))
+
+
+def payments_hold_until(db: Session, env: Container, holder_id: uuid.UUID) -> datetime | None:
+    """After an account recovery payments stay closed until then (None: not held)."""
+    holder = db.get(Holder, holder_id)
+    if holder is None or holder.payments_hold_until is None:
+        return None
+    return holder.payments_hold_until if holder.payments_hold_until > env.clock.now() else None
+
+
+def cooling_off_daily_cap_fen(db: Session, env: Container, principal: Principal) -> int | None:
+    """The most this device may pay today, in fen, or None for no cooling-off cap.
+
+    0 while the account is in its post-recovery payment hold, whichever device pays.
+    """
+    if env.settings.controls.cooling_off and payments_hold_until(db, env, principal.holder_id):
+        return 0
+    state = state_of(db, env, principal)
+    if state == DeviceState.NEW:
+        return 0
+    if state == DeviceState.COOLING_OFF:
+        return env.settings.cooling_off_daily_cap_fen
+    return None

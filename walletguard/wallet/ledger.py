@@ -1,0 +1,435 @@
+"""The double-entry ledger in integer fen (SPEC C4, STYLE rule 2).
+
+Every movement is a two-legged transaction: ``amount_fen`` leaves ``from_account`` and arrives
+at ``to_account``; when it posts, two postings (−x, +x) are written, so every transaction sums to
+zero and so does the whole ledger. Accounts cache their balance (the sum of their postings) and
+their holds (``pending_fen``, the pending outgoing movements); ``reconcile`` proves both.
+
+Balances are changed only by conditional UPDATEs that carry their own check — ``balance_fen -
+pending_fen >= x`` for an account that may not go negative — so the check and the write are one
+atomic statement, never a read, a decision and a write across round trips. On PostgreSQL the rows
+are also locked first, always in the same order (by account id), so two movements touching the
+same accounts queue instead of deadlocking. Corrections are new, reversing transactions: postings
+are never updated or deleted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
+
+from walletguard.kit.clock import Clock
+from walletguard.kit.db import is_postgres
+from walletguard.kit.errors import Conflict
+from walletguard.kit.money import format_yuan
+from walletguard.wallet.models import LedgerAccount, LedgerTransaction, Posting
+
+HOLDER = "holder"
+SETTLEMENT = "settlement"
+MERCHANT = "merchant"
+EXTERNAL = "external"
+# Only accounts that stand for the outside world may go below zero: a bank's settlement
+# account is negative by what its cards paid in; a merchant by what it refunded beyond its takings.
+MAY_GO_NEGATIVE = frozenset({SETTLEMENT, MERCHANT, EXTERNAL})
+
+PENDING = "pending"
+POSTED = "posted"
+VOIDED = "voided"
+FAILED = "failed"
+
+
+class InsufficientBalance(Conflict):
+    slug = "insufficient-balance"
+    title_key = "wallet.insufficient_balance_title"
+
+    def __init__(self) -> None:
+        super().__init__("wallet.insufficient_balance")
+
+
+class MovementNotPending(Conflict):
+    slug = "movement-not-pending"
+    title_key = "wallet.movement.not_pending_title"
+
+    def __init__(self, status: str) -> None:
+        super().__init__("wallet.movement.not_pending", extensions={"movement_status": status})
+
+
+class RefundExceedsOriginal(Conflict):
+    slug = "refund-exceeds-original"
+    title_key = "wallet.refund.exceeds_title"
+
+    def __init__(self, refundable_fen: int) -> None:
+        super().__init__(
+            "wallet.refund.exceeds",
+            extensions={"refundable": format_yuan(refundable_fen, grouping=False)},
+            refundable=format_yuan(refundable_fen),
+        )
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+class Ledger:
+    def __init__(self, db: Session, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def _ensure(self, code: str, kind: str, holder_id: uuid.UUID | None = None) -> LedgerAccount:
+        existing = self.db.scalar(select(LedgerAccount).where(LedgerAccount.code == code))
+        if existing is not None:
+            return existing
+        # Created on first use by whichever request gets there first; a concurrent creator
+        # waits on the unique code and then finds the row.
+        insert_fn = postgresql.insert if is_postgres(self.db) else sqlite.insert
+        self.db.execute(
+            insert_fn(LedgerAccount)
+            .values(
+                id=uuid.uuid4(),
+                code=code,
+                kind=kind,
+                holder_id=holder_id,
+                balance_fen=0,
+                pending_fen=0,
+                allow_negative=kind in MAY_GO_NEGATIVE,
+                created_at=self.clock.now(),
+            )
+            .on_conflict_do_nothing(index_elements=[LedgerAccount.code])
+        )
+        return self.db.scalars(select(LedgerAccount).where(LedgerAccount.code == code)).one()
+
+    def holder_account(self, holder_id: uuid.UUID) -> LedgerAccount:
+        return self._ensure(f"{HOLDER}:{holder_id}", HOLDER, holder_id)
+
+    def settlement_account(self, bank_code: str) -> LedgerAccount:
+        return self._ensure(f"{SETTLEMENT}:{bank_code}", SETTLEMENT)
+
+    def merchant_account(self, name: str) -> LedgerAccount:
+        return self._ensure(f"{MERCHANT}:{name}", MERCHANT)
+
+    def find_holder_account(self, holder_id: uuid.UUID) -> LedgerAccount | None:
+        return self.db.scalar(
+            select(LedgerAccount).where(LedgerAccount.code == f"{HOLDER}:{holder_id}")
+        )
+
+    def lock(self, *account_ids: uuid.UUID) -> None:
+        """Lock the accounts a movement touches, in id order (PostgreSQL; SQLite has one writer)."""
+        if not is_postgres(self.db):
+            return
+        ordered = sorted(set(account_ids), key=str)
+        for account_id in ordered:
+            # One statement per row, in order: a single IN (...) FOR UPDATE does not promise
+            # the order in which it takes its locks. FOR NO KEY UPDATE, not FOR UPDATE: the
+            # foreign keys of other movements' rows take KEY SHARE locks on these accounts, and
+            # FOR UPDATE would wait for them and deadlock; no key is changed here.
+            self.db.execute(
+                select(LedgerAccount.id)
+                .where(LedgerAccount.id == account_id)
+                .with_for_update(key_share=True)
+            )
+
+    # -- movements -------------------------------------------------------------------------
+
+    def _refresh(self, *objects: object) -> None:
+        for obj in objects:
+            self.db.refresh(obj)
+
+    def hold(self, txn: LedgerTransaction) -> None:
+        """Reserve a pending movement's amount on its source account (available drops now)."""
+        self.lock(txn.from_account_id, txn.to_account_id)
+        account = LedgerAccount
+        held = self.db.execute(
+            update(account)
+            .where(
+                account.id == txn.from_account_id,
+                or_(
+                    account.allow_negative.is_(True),
+                    account.balance_fen - account.pending_fen >= txn.amount_fen,
+                ),
+            )
+            .values(pending_fen=account.pending_fen + txn.amount_fen)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(held) != 1:
+            raise InsufficientBalance()
+        txn.hold_account_id = txn.from_account_id
+        self.db.flush()
+
+    def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
+        account = LedgerAccount
+        x = txn.amount_fen
+        if txn.hold_account_id == txn.from_account_id:
+            # The hold already proved the money is there; it becomes the debit.
+            debit = (
+                update(account)
+                .where(account.id == txn.from_account_id, account.pending_fen >= x)
+                .values(balance_fen=account.balance_fen - x, pending_fen=account.pending_fen - x)
+            )
+        else:
+            debit = (
+                update(account)
+                .where(
+                    account.id == txn.from_account_id,
+                    or_(
+                        account.allow_negative.is_(True),
+                        account.balance_fen - account.pending_fen >= x,
+                    ),
+                )
+                .values(balance_fen=account.balance_fen - x)
+            )
+        credit = (
+            update(account)
+            .where(account.id == txn.to_account_id)
+            .values(balance_fen=account.balance_fen + x)
+        )
+        # The rows are already locked (lock()), so the order of these two does not matter.
+        for statement in (debit, credit):
+            done = self.db.execute(statement.execution_options(synchronize_session=False))
+            if _rowcount(done) != 1:
+                raise InsufficientBalance()
+        self.db.add_all(
+            [
+                Posting(
+                    transaction_id=txn.id,
+                    account_id=txn.from_account_id,
+                    amount_fen=-x,
+                    created_at=now,
+                ),
+                Posting(
+                    transaction_id=txn.id,
+                    account_id=txn.to_account_id,
+                    amount_fen=x,
+                    created_at=now,
+                ),
+            ]
+        )
+
+    def record_pending(self, txn: LedgerTransaction) -> LedgerTransaction:
+        txn.status = PENDING
+        self.db.add(txn)
+        self.db.flush()
+        return txn
+
+    def post_new(self, txn: LedgerTransaction) -> LedgerTransaction:
+        """Record a movement and post it at once (no hold): both legs, or nothing."""
+        now = self.clock.now()
+        self.lock(txn.from_account_id, txn.to_account_id)
+        txn.status = POSTED
+        txn.posted_at = now
+        self.db.add(txn)
+        self.db.flush()
+        self._apply_legs(txn, now)
+        self.db.flush()
+        return txn
+
+    def post_pending(self, txn: LedgerTransaction) -> None:
+        """Post a pending movement; MovementNotPending if it was voided or posted meanwhile."""
+        now = self.clock.now()
+        self.lock(txn.from_account_id, txn.to_account_id)
+        claimed = self.db.execute(
+            update(LedgerTransaction)
+            .where(LedgerTransaction.id == txn.id, LedgerTransaction.status == PENDING)
+            .values(status=POSTED, posted_at=now, expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(claimed) != 1:
+            self._refresh(txn)
+            raise MovementNotPending(txn.status)
+        self._apply_legs(txn, now)
+        self.db.flush()
+        self._refresh(txn)
+
+    def end_pending(self, txn: LedgerTransaction, status: str, reason: str) -> bool:
+        """Void (or fail) a pending movement and release its hold; False if it was not pending."""
+        assert status in (VOIDED, FAILED)
+        ended = self.db.execute(
+            update(LedgerTransaction)
+            .where(LedgerTransaction.id == txn.id, LedgerTransaction.status == PENDING)
+            .values(
+                status=status, status_reason=reason, voided_at=self.clock.now(), expires_at=None
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(ended) != 1:
+            self._refresh(txn)
+            return False
+        if txn.hold_account_id is not None:
+            self.db.execute(
+                update(LedgerAccount)
+                .where(LedgerAccount.id == txn.hold_account_id)
+                .values(pending_fen=LedgerAccount.pending_fen - txn.amount_fen)
+                .execution_options(synchronize_session=False)
+            )
+        self.db.flush()
+        self._refresh(txn)
+        return True
+
+    def reverse(self, original: LedgerTransaction, refund: LedgerTransaction) -> None:
+        """Post ``refund`` (kind refund, legs the other way) against a posted movement.
+
+        The refundable rest is checked and reduced in one conditional UPDATE, so two partial
+        refunds racing cannot together return more than was paid.
+        """
+        assert refund.amount_fen > 0
+        counted = self.db.execute(
+            update(LedgerTransaction)
+            .where(
+                LedgerTransaction.id == original.id,
+                LedgerTransaction.status == POSTED,
+                LedgerTransaction.refunded_fen + refund.amount_fen <= LedgerTransaction.amount_fen,
+            )
+            .values(refunded_fen=LedgerTransaction.refunded_fen + refund.amount_fen)
+            .execution_options(synchronize_session=False)
+        )
+        if _rowcount(counted) != 1:
+            self._refresh(original)
+            raise RefundExceedsOriginal(max(0, original.amount_fen - original.refunded_fen))
+        refund.from_account_id = original.to_account_id
+        refund.to_account_id = original.from_account_id
+        refund.reverses_id = original.id
+        self.post_new(refund)
+        self._refresh(original)
+
+
+# -- reconciliation --------------------------------------------------------------------------
+
+
+@dataclass
+class LedgerReport:
+    transactions: int = 0
+    postings: int = 0
+    total_debits_fen: int = 0
+    total_credits_fen: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def reconcile(db: Session) -> LedgerReport:
+    """Check the ledger against itself; every mismatch is named.
+
+    Total debits equal total credits; every transaction's postings sum to zero and exist exactly
+    when it is posted; every cached balance equals its postings and every cached hold its pending
+    movements; no account that may not go negative is below zero; no movement refunded beyond
+    its amount or beyond what its refunds add up to.
+    """
+    report = LedgerReport()
+    debits, credits, count = db.execute(
+        select(
+            func.coalesce(
+                func.sum(case((Posting.amount_fen < 0, -Posting.amount_fen), else_=0)), 0
+            ),
+            func.coalesce(func.sum(case((Posting.amount_fen > 0, Posting.amount_fen), else_=0)), 0),
+            func.count(Posting.id),
+        )
+    ).one()
+    report.total_debits_fen, report.total_credits_fen, report.postings = (
+        int(debits),
+        int(credits),
+        int(count),
+    )
+    if report.total_debits_fen != report.total_credits_fen:
+        report.mismatches.append(
+            f"total debits {format_yuan(report.total_debits_fen)} != total credits "
+            f"{format_yuan(report.total_credits_fen)}"
+        )
+
+    sums = (
+        select(
+            Posting.transaction_id.label("txn_id"),
+            func.sum(Posting.amount_fen).label("total"),
+            func.count(Posting.id).label("legs"),
+        )
+        .group_by(Posting.transaction_id)
+        .subquery()
+    )
+    rows = db.execute(
+        select(
+            LedgerTransaction.id,
+            LedgerTransaction.status,
+            LedgerTransaction.amount_fen,
+            func.coalesce(sums.c.total, 0),
+            func.coalesce(sums.c.legs, 0),
+        ).outerjoin(sums, sums.c.txn_id == LedgerTransaction.id)
+    ).all()
+    report.transactions = len(rows)
+    for txn_id, status, amount, total, legs in rows:
+        if int(total) != 0:
+            report.mismatches.append(f"transaction {txn_id}: postings sum to {int(total)} fen")
+        if status == POSTED and int(legs) != 2:
+            report.mismatches.append(f"transaction {txn_id}: posted with {int(legs)} postings")
+        if status != POSTED and int(legs) != 0:
+            report.mismatches.append(f"transaction {txn_id}: {status} but has postings")
+        if amount <= 0:
+            report.mismatches.append(f"transaction {txn_id}: amount {amount} fen is not positive")
+
+    posted_sums = (
+        select(Posting.account_id.label("account_id"), func.sum(Posting.amount_fen).label("total"))
+        .group_by(Posting.account_id)
+        .subquery()
+    )
+    hold_sums = (
+        select(
+            LedgerTransaction.hold_account_id.label("account_id"),
+            func.sum(LedgerTransaction.amount_fen).label("total"),
+        )
+        .where(LedgerTransaction.status == PENDING, LedgerTransaction.hold_account_id.is_not(None))
+        .group_by(LedgerTransaction.hold_account_id)
+        .subquery()
+    )
+    accounts = db.execute(
+        select(
+            LedgerAccount.code,
+            LedgerAccount.balance_fen,
+            LedgerAccount.pending_fen,
+            LedgerAccount.allow_negative,
+            func.coalesce(posted_sums.c.total, 0),
+            func.coalesce(hold_sums.c.total, 0),
+        )
+        .outerjoin(posted_sums, posted_sums.c.account_id == LedgerAccount.id)
+        .outerjoin(hold_sums, hold_sums.c.account_id == LedgerAccount.id)
+        .order_by(LedgerAccount.code)
+    ).all()
+    for code, balance, pending, allow_negative, posted, held in accounts:
+        if balance != int(posted):
+            report.mismatches.append(
+                f"account {code}: cached balance {balance} fen != postings {int(posted)} fen"
+            )
+        if pending != int(held):
+            report.mismatches.append(
+                f"account {code}: cached pending {pending} fen != holds {int(held)} fen"
+            )
+        if not allow_negative and balance - pending < 0:
+            report.mismatches.append(f"account {code}: available {balance - pending} fen < 0")
+
+    refund = aliased(LedgerTransaction)
+    refunds = db.execute(
+        select(
+            LedgerTransaction.id,
+            LedgerTransaction.amount_fen,
+            LedgerTransaction.refunded_fen,
+            func.coalesce(
+                select(func.sum(refund.amount_fen))
+                .where(refund.reverses_id == LedgerTransaction.id, refund.status == POSTED)
+                .scalar_subquery(),
+                0,
+            ),
+        )
+    ).all()
+    for txn_id, amount, refunded, actual in refunds:
+        if refunded != int(actual):
+            report.mismatches.append(
+                f"transaction {txn_id}: refunded_fen {refunded} != its refunds {int(actual)}"
+            )
+        if refunded > amount:
+            report.mismatches.append(f"transaction {txn_id}: refunded {refunded} > {amount} fen")
+    return report

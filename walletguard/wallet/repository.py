@@ -1,0 +1,227 @@
+"""The wallet's queries: cards, movements, limits, idempotency records, wallet states."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from walletguard.kit.db import is_postgres
+from walletguard.wallet.models import (
+    Card,
+    IdempotencyRecord,
+    LedgerTransaction,
+    WalletLimit,
+    WalletState,
+)
+
+ACTIVE_CARD_STATUSES = ("pending", "bound")
+LIVE_MOVEMENT_STATUSES = ("pending", "posted")
+
+
+# -- cards -----------------------------------------------------------------------------------
+
+
+def card_of_holder(db: Session, holder_id: uuid.UUID, card_id: uuid.UUID) -> Card | None:
+    """The holder's card, or None — also for another holder's card (a 404, never a 403)."""
+    card = db.get(Card, card_id)
+    if card is None or card.holder_id != holder_id:
+        return None
+    return card
+
+
+def cards_of_holder(db: Session, holder_id: uuid.UUID, *, include_unbound: bool) -> list[Card]:
+    query = select(Card).where(Card.holder_id == holder_id)
+    if not include_unbound:
+        query = query.where(Card.status != "unbound")
+    return list(db.scalars(query.order_by(Card.created_at, Card.id)).all())
+
+
+def active_cards_by_number(db: Session, number_index: str) -> list[Card]:
+    return list(
+        db.scalars(
+            select(Card).where(
+                Card.number_index == number_index, Card.status.in_(ACTIVE_CARD_STATUSES)
+            )
+        ).all()
+    )
+
+
+# -- movements -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MovementFilter:
+    created_from: datetime | None = None
+    created_before: datetime | None = None
+    card_id: uuid.UUID | None = None
+    kind: str | None = None
+    status: str | None = None
+
+
+def _movements_query(holder_id: uuid.UUID, filters: MovementFilter) -> Select[Any]:
+    # A holder sees what they did and what was sent to them.
+    query = select(LedgerTransaction).where(
+        or_(
+            LedgerTransaction.holder_id == holder_id,
+            LedgerTransaction.counterparty_holder_id == holder_id,
+        )
+    )
+    if filters.created_from is not None:
+        query = query.where(LedgerTransaction.created_at >= filters.created_from)
+    if filters.created_before is not None:
+        query = query.where(LedgerTransaction.created_at < filters.created_before)
+    if filters.card_id is not None:
+        query = query.where(
+            LedgerTransaction.card_id == filters.card_id,
+            LedgerTransaction.holder_id == holder_id,
+        )
+    if filters.kind is not None:
+        query = query.where(LedgerTransaction.kind == filters.kind)
+    if filters.status is not None:
+        query = query.where(LedgerTransaction.status == filters.status)
+    return query
+
+
+def list_movements(
+    db: Session, holder_id: uuid.UUID, filters: MovementFilter, *, offset: int, limit: int | None
+) -> tuple[list[LedgerTransaction], int]:
+    query = _movements_query(holder_id, filters)
+    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    ordered = query.order_by(LedgerTransaction.created_at.desc(), LedgerTransaction.id).offset(
+        offset
+    )
+    if limit is not None:
+        ordered = ordered.limit(limit)
+    return list(db.scalars(ordered).all()), int(total)
+
+
+def movement_visible_to(
+    db: Session, holder_id: uuid.UUID, movement_id: uuid.UUID
+) -> LedgerTransaction | None:
+    txn = db.get(LedgerTransaction, movement_id)
+    if txn is None or holder_id not in (txn.holder_id, txn.counterparty_holder_id):
+        return None
+    return txn
+
+
+def expired_pending(
+    db: Session, now: datetime, holder_id: uuid.UUID | None
+) -> Sequence[LedgerTransaction]:
+    query = select(LedgerTransaction).where(
+        LedgerTransaction.status == "pending",
+        LedgerTransaction.expires_at.is_not(None),
+        LedgerTransaction.expires_at <= now,
+    )
+    if holder_id is not None:
+        query = query.where(LedgerTransaction.holder_id == holder_id)
+    return db.scalars(query.order_by(LedgerTransaction.created_at)).all()
+
+
+def pending_movements(
+    db: Session, holder_id: uuid.UUID, *, card_id: uuid.UUID | None = None
+) -> Sequence[LedgerTransaction]:
+    query = select(LedgerTransaction).where(
+        LedgerTransaction.holder_id == holder_id, LedgerTransaction.status == "pending"
+    )
+    if card_id is not None:
+        query = query.where(LedgerTransaction.card_id == card_id)
+    return db.scalars(query.order_by(LedgerTransaction.created_at)).all()
+
+
+def spent_since(
+    db: Session,
+    since: datetime,
+    kinds: Sequence[str],
+    *,
+    holder_id: uuid.UUID | None = None,
+    card_id: uuid.UUID | None = None,
+) -> int:
+    """Pending and posted movements of these kinds since ``since``, by holder or by card."""
+    query = select(func.coalesce(func.sum(LedgerTransaction.amount_fen), 0)).where(
+        LedgerTransaction.created_at >= since,
+        LedgerTransaction.kind.in_(kinds),
+        LedgerTransaction.status.in_(LIVE_MOVEMENT_STATUSES),
+    )
+    if holder_id is not None:
+        query = query.where(LedgerTransaction.holder_id == holder_id)
+    if card_id is not None:
+        query = query.where(LedgerTransaction.card_id == card_id)
+    return int(db.scalar(query) or 0)
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def limit_settings(
+    db: Session, holder_id: uuid.UUID, card_id: uuid.UUID | None, period: str
+) -> list[WalletLimit]:
+    query = select(WalletLimit).where(
+        WalletLimit.holder_id == holder_id, WalletLimit.period == period
+    )
+    query = query.where(
+        WalletLimit.card_id.is_(None) if card_id is None else WalletLimit.card_id == card_id
+    )
+    return list(db.scalars(query.order_by(WalletLimit.id)).all())
+
+
+# -- wallet state (kill switch and per-holder movement lock) ---------------------------------
+
+
+def lock_wallet_state(db: Session, holder_id: uuid.UUID, now: datetime) -> WalletState:
+    """The holder's wallet state, created if need be, locked for this transaction.
+
+    Every movement takes this lock first: it serialises one holder's movements, so the kill
+    switch and the daily limits are judged against everything that committed before.
+    """
+    insert_fn = postgresql.insert if is_postgres(db) else sqlite.insert
+    db.execute(
+        insert_fn(WalletState)
+        .values(holder_id=holder_id, created_at=now)
+        .on_conflict_do_nothing(index_elements=[WalletState.holder_id])
+    )
+    state = db.execute(
+        select(WalletState)
+        .where(WalletState.holder_id == holder_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    return state
+
+
+def wallet_state(db: Session, holder_id: uuid.UUID) -> WalletState | None:
+    return db.get(WalletState, holder_id)
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+def idempotency_record(db: Session, holder_id: uuid.UUID, key: str) -> IdempotencyRecord | None:
+    return db.execute(
+        select(IdempotencyRecord)
+        .where(IdempotencyRecord.holder_id == holder_id, IdempotencyRecord.key == key)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
+
+def store_idempotent_response(db: Session, record_id: uuid.UUID, status: int, body: str) -> None:
+    db.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == record_id)
+        .values(response_status=status, response_body=body)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def delete_idempotency_record(db: Session, record_id: uuid.UUID) -> None:
+    db.execute(
+        delete(IdempotencyRecord)
+        .where(IdempotencyRecord.id == record_id)
+        .execution_options(synchronize_session=False)
+    )
