@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import text as sql_text
 
 from walletguard import __version__
+from walletguard.alerts.endpoints import router as alerts_router
+from walletguard.alerts.worker import in_process_delivery
 from walletguard.bootstrap import Container, build_container
 from walletguard.identity.endpoints import router as identity_router
+from walletguard.incidents.endpoints import operator_router
+from walletguard.incidents.endpoints import router as incidents_router
 from walletguard.kit.errors import PayloadTooLarge, install_problem_handlers, problem_response
 from walletguard.kit.errors import request_language as _lang
 from walletguard.messages.endpoints import router as messages_router
@@ -19,6 +24,14 @@ from walletguard.wallet.endpoints import router as wallet_router
 
 def create_app(container: Container | None = None) -> FastAPI:
     container = container or build_container()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The embedded default delivers alerts on a thread of the server process (see
+        # walletguard.alerts.worker.delivers_in_process); production runs `walletguard worker`.
+        with in_process_delivery(container):
+            yield
+
     app = FastAPI(
         title="walletguard",
         version=__version__,
@@ -26,6 +39,7 @@ def create_app(container: Container | None = None) -> FastAPI:
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.container = container
     install_problem_handlers(app)
@@ -44,6 +58,9 @@ def create_app(container: Container | None = None) -> FastAPI:
     app.include_router(identity_router)
     app.include_router(messages_router)
     app.include_router(wallet_router)
+    app.include_router(incidents_router)
+    app.include_router(operator_router)
+    app.include_router(alerts_router)
     if container.settings.sandbox:
         app.include_router(sandbox_router)
 

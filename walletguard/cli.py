@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -96,6 +97,37 @@ def serve(
     )
 
 
+@app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Deliver what is due now, then exit.")
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between polls when idle (default WALLETGUARD_ALERT_POLL_SECONDS)."
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Most deliveries per round.")] = 100,
+) -> None:
+    """Deliver alerts from the outbox (email, webhook, SMS) until stopped; run as many as you
+    like (production: PostgreSQL). A worker killed mid-delivery loses nothing."""
+    from walletguard.alerts.worker import run_worker_process
+
+    container = _container()
+    _ensure_schema(container)
+    try:
+        run_worker_process(
+            container,
+            once=once,
+            interval=interval,
+            batch=batch,
+            report=lambda line: out.print(line, highlight=False),
+        )
+    finally:
+        container.close()
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Walk the whole audit chain; name every edited, deleted or reordered entry."""
@@ -150,6 +182,48 @@ def inbox(phone: str) -> None:
             out.print(f"{stamp}  {message.sender}: {message.body}", highlight=False)
 
 
+@app.command("otp-check")
+def otp_check(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Messages, one a line: plain text or JSON with a text field."),
+    ] = None,
+) -> None:
+    """Run the OTP guard's recogniser over messages and print one JSON verdict per message."""
+    import json
+
+    from walletguard.messages.otp_guard import recognise_otp
+
+    try:
+        raw = file.read_bytes() if file else sys.stdin.buffer.read()
+        content = raw.decode("utf-8-sig")
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"cannot read {file or 'standard input'}: not UTF-8 text") from exc
+    # Split on newlines only: str.splitlines() would also cut a message at U+2028 or U+0085.
+    for line in (raw_line.rstrip("\r") for raw_line in content.split("\n")):
+        if not line.strip():
+            continue
+        body = line
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and isinstance(record.get("text"), str):
+                body = record["text"]
+        match = recognise_otp(body)
+        verdict = {
+            "text": body,
+            "otp": match is not None,
+            "code": match.code if match else None,
+            "span": list(match.span) if match else None,
+            "keyword": match.keyword if match else None,
+        }
+        typer.echo(json.dumps(verdict, ensure_ascii=False))
+
+
 DEMO_PHONE = "+8613800138000"
 DEMO_NAME = "李明"
 DEMO_BIRTHDAY = date(1990, 5, 17)
@@ -179,6 +253,11 @@ def demo(
         pin=DEMO_PIN,
     )
     container.close()
+    from walletguard.demo import replay_seed_case
+
+    out.print("The 88,130-yuan case (scenarios/seed-000-sms-sync-drain.yaml), replayed:")
+    for line in replay_seed_case():
+        out.print(line, highlight=False, markup=False)
     out.print(
         instructions(
             base_url=f"http://127.0.0.1:{port}",
@@ -305,11 +384,111 @@ def bank_open_card(
     )
 
 
+@app.command()
+def simulate(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML), see docs/scenarios.md.")],
+    profile: Annotated[
+        str | None, typer.Option(help="protected or vulnerable (default: the scenario's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ablate: Annotated[
+        bool,
+        typer.Option(
+            "--ablate", help="Re-run with each control off alone, and with each control alone."
+        ),
+    ] = False,
+) -> None:
+    """Play an attack scenario against a fresh in-process walletguard with a simulated clock."""
+    from walletguard.kit.controls import PROFILES
+    from walletguard.simulator import report as simulation_report
+    from walletguard.simulator.runner import ablate as run_ablation
+    from walletguard.simulator.runner import run as run_scenario
+    from walletguard.simulator.scenario import ScenarioError, load_scenario
+
+    if profile is not None and profile not in PROFILES:
+        raise CliError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    try:
+        loaded = load_scenario(scenario)
+    except ScenarioError as exc:
+        raise CliError(str(exc)) from exc
+    if ablate:
+        with simulation_report.progress(err, enabled=not as_json) as advance:
+            ablation = run_ablation(loaded, profile=profile, progress=advance)
+        if as_json:
+            out.print_json(data=ablation.as_json())
+        else:
+            simulation_report.print_ablation(out, ablation)
+        return
+    with simulation_report.progress(err, enabled=not as_json) as advance:
+        result = run_scenario(loaded, profile=profile, on_step=lambda s: advance(s.do))
+    if as_json:
+        out.print_json(data=result.as_json())
+    else:
+        simulation_report.print_run(out, result)
+    for failure in result.expectations_failed:
+        err.print(f"walletguard: expectation failed: {failure}", highlight=False, markup=False)
+    if result.expectations_failed:
+        raise typer.Exit(code=1)
+
+
+evidence_app = typer.Typer(help="Incident evidence packages.", no_args_is_help=True)
+app.add_typer(evidence_app, name="evidence")
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    package: Annotated[Path, typer.Argument(help="An evidence package (ZIP) to check offline.")],
+) -> None:
+    """Check an evidence package offline: every file against its SHA-256 manifest, every audit
+    entry's hash and chain link. Names each altered file and broken link; exit 1 if any."""
+    from walletguard.incidents.evidence import verify_package
+
+    if not package.is_file():
+        raise CliError(f"no such file: {package}")
+    report = verify_package(package)
+    if report.ok:
+        anchor = report.receipt or {}
+        out.print(
+            f"evidence package OK: case {report.reference}, {report.files} files intact, "
+            f"{report.entries} audit entries recomputed, chain unbroken up to receipt "
+            f"#{anchor.get('seq')} ({anchor.get('hash')}); compare that entry with the "
+            "wallet's audit log to prove where the package came from",
+            highlight=False,
+        )
+        return
+    for problem in report.problems:
+        err.print(f"evidence package BROKEN: {problem}", highlight=False, markup=False)
+    raise typer.Exit(code=1)
+
+
+@evidence_app.command("export")
+def evidence_export(
+    case: Annotated[str, typer.Argument(help="The case id or reference (WG-…).")],
+    output: Annotated[Path, typer.Option("--out", help="Where to write the ZIP.")],
+) -> None:
+    """Operator: write a case's evidence package (the export is recorded in the audit log)."""
+    from walletguard.incidents.evidence import export_package
+    from walletguard.incidents.service import IncidentService
+    from walletguard.kit.db import unit_of_work
+    from walletguard.kit.errors import WalletguardError
+
+    container = _container()
+    _ensure_schema(container)
+    try:
+        with unit_of_work(container.sessions) as session:
+            service = IncidentService(session, container)
+            data = export_package(service, service.case_by_id_or_reference(case))
+    except WalletguardError as exc:
+        raise CliError(exc.detail("en") or exc.slug) from exc
+    output.write_bytes(data)
+    out.print(f"Wrote {output} ({len(data)} bytes)")
+
+
 def main() -> None:
     try:
         app()
     except CliError as exc:
-        err.print(f"walletguard: {exc}", highlight=False)
+        err.print(f"walletguard: {exc}", highlight=False, markup=False)
         sys.exit(1)
     except Exception as exc:
         if os.environ.get("WALLETGUARD_DEBUG"):

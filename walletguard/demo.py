@@ -52,6 +52,39 @@ def ensure_demo_holder(
     return True
 
 
+SEED_SCENARIO = "seed-000-sms-sync-drain.yaml"
+
+
+def seed_scenario_path() -> Path:
+    """The 88,130-yuan case, shipped with the package (also at scenarios/ in the repository)."""
+    from importlib import resources
+
+    return Path(str(resources.files("walletguard.simulator") / "scenarios" / SEED_SCENARIO))
+
+
+def replay_seed_case() -> list[str]:
+    """Play the 88,130-yuan case against both profiles; one line of outcome per profile."""
+    from walletguard.kit.money import format_yuan
+    from walletguard.simulator.runner import run
+    from walletguard.simulator.scenario import load_scenario
+
+    scenario = load_scenario(seed_scenario_path())
+    lines = []
+    for profile in ("vulnerable", "protected"):
+        report = run(scenario, profile=profile)
+        stopped = next(
+            (s for s in report.steps if s.actor != (s.as_ or s.actor) and s.outcome != "ok"),
+            None,
+        )
+        how = (
+            f"stopped at step {stopped.index} ({stopped.do}) by {', '.join(stopped.controls)}"
+            if stopped is not None and stopped.controls
+            else "nothing stopped the attacker"
+        )
+        lines.append(f"  {profile:<10} loss {format_yuan(report.total_loss_fen):>10} yuan — {how}")
+    return lines
+
+
 def instructions(
     *, base_url: str, phone: str, password: str, pin: str, created: bool, data_dir: Path
 ) -> str:
@@ -76,6 +109,9 @@ Try, in another terminal:
   walletguard inbox +8613912345678
   # check the audit chain
   walletguard audit verify
+  # replay the 88,130-yuan case step by step, against each profile
+  walletguard simulate {seed_scenario_path()} --profile vulnerable
+  walletguard simulate {seed_scenario_path()} --profile protected --ablate
 
 API docs: {base_url}/api/v1/docs   (errors in English: add -H 'accept-language: en')
 """

@@ -1,5 +1,6 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
+from walletguard.alerts.models import Alert, AlertChannel, AlertDelivery
 from walletguard.audit.models import AuditEntry, AuditHead
 from walletguard.bank.models import BankCardAccount, BankChallenge  # noqa: F401
 from walletguard.identity.models import (
@@ -17,6 +18,12 @@ from walletguard.identity.models import (
     StepUpGrant,
     TotpFactor,
 )
+from walletguard.incidents.models import (  # noqa: F401
+    CaseNote,
+    ChecklistTick,
+    IncidentCase,
+    MovementMark,
+)
 from walletguard.kit.db import Base
 from walletguard.kit.ratelimit import AttemptCounter
 from walletguard.messages.models import MessageSync, PhoneMessage, SimBinding, SimSwap
@@ -31,6 +38,9 @@ from walletguard.wallet.models import (  # noqa: F401
 )
 
 __all__ = [
+    "Alert",
+    "AlertChannel",
+    "AlertDelivery",
     "AttemptCounter",
     "AuditEntry",
     "AuditHead",

@@ -20,9 +20,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from walletguard.alerts import service as alerts
 from walletguard.audit import service as audit
 from walletguard.audit.models import AuditEntry
 from walletguard.bootstrap import Container
+from walletguard.identity.models import Holder
 from walletguard.kit.errors import WalletguardError
 
 NOT_ME = "not_me"
@@ -157,19 +159,33 @@ def announce(
     suspect_device_id: uuid.UUID | None,
     data: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
-    """Audit a ``security.*`` event with its "this was not me" link.
+    """Audit a ``security.*`` event with its "this was not me" link, and raise its alert.
 
-    The alerts capability turns every ``security.*`` entry into an alert on the holder's other
-    devices, email and SMS. ``suspect_device_id`` is the device a "not me" report revokes.
-    ``data`` must hold no personal data (ids, masked forms, labels only).
+    The alert goes in-app and by SMS to the bound number always, and by email and webhook where
+    the holder has them (``walletguard.alerts.service``); while the ``security_alerts`` control
+    is off it is shown in-app only. ``suspect_device_id`` is the device a "not me" report
+    revokes. ``data`` must hold no personal data (ids, masked forms, labels only).
     """
     payload = dict(data or {})
     payload["not_me_url"] = not_me_url(
         env, holder_id=holder_id, device_id=suspect_device_id, event=event
     )
-    return audit.record(
+    entry = audit.record(
         db, env.clock, event, holder_id=holder_id, device_id=device_id, ip=ip, data=payload
     )
+    alerts.security_alert(
+        db, env, alert_recipient(db, env, holder_id), event, device_id=device_id, data=payload
+    )
+    return entry
+
+
+def alert_recipient(db: Session, env: Container, holder_id: uuid.UUID) -> alerts.Recipient:
+    """Whom the alerts capability tells: the holder's bound number (for SMS) and language."""
+    holder = db.get(Holder, holder_id)
+    if holder is None:
+        return alerts.Recipient(holder_id, None)
+    phone = env.cipher.decrypt(holder.phone_enc, context="holders.phone")
+    return alerts.Recipient(holder_id, phone, "en" if holder.language == "en" else "zh-CN")
 
 
 def token_of(url: str) -> str:

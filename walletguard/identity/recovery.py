@@ -103,6 +103,8 @@ class NotMeOutcome:
     device_revoked: bool
     sessions_revoked: int
     payments_frozen: bool
+    # The incident case the report opened or joined (None in a build without the incident desk).
+    case_id: uuid.UUID | None = None
 
 
 def freeze_payments(
@@ -122,6 +124,41 @@ def freeze_payments(
         return False
     wallet_service(db, env).close_all_transactions(holder_id, reason=reason, device_id=None, ip=ip)
     return True
+
+
+def open_incident_case(
+    db: Session,
+    env: Container,
+    holder_id: uuid.UUID,
+    *,
+    suspect_device_id: uuid.UUID | None,
+    reported_event: str,
+    ip: str | None,
+    payments_frozen: bool,
+    device_revoked: bool,
+) -> uuid.UUID | None:
+    """Open (or join) the holder's incident case, when the incident desk exists.
+
+    Imported lazily by name like ``freeze_payments``: the incident desk depends on identity.
+    """
+    try:
+        module = importlib.import_module("walletguard.incidents.service")
+    except ImportError:
+        return None
+    open_case = getattr(module, "open_case_for_not_me", None)
+    if open_case is None:
+        return None
+    case_id: uuid.UUID = open_case(
+        db,
+        env,
+        holder_id,
+        suspect_device_id=suspect_device_id,
+        reported_event=reported_event,
+        ip=ip,
+        payments_frozen=payments_frozen,
+        device_revoked=device_revoked,
+    )
+    return case_id
 
 
 class RecoveryService:
@@ -543,6 +580,16 @@ class RecoveryService:
             .values(cancelled_at=now)
             .execution_options(synchronize_session=False)
         )
+        case_id = open_incident_case(
+            self.db,
+            self.env,
+            holder_id,
+            suspect_device_id=claims.device_id,
+            reported_event=claims.event,
+            ip=ip,
+            payments_frozen=payments_frozen,
+            device_revoked=device_revoked,
+        )
         audit.record(
             self.db,
             self.clock,
@@ -555,6 +602,7 @@ class RecoveryService:
                 "device_revoked": device_revoked,
                 "sessions_revoked": sessions,
                 "payments_frozen": payments_frozen,
+                "case_id": str(case_id) if case_id else None,
             },
         )
-        return NotMeOutcome(holder_id, device_revoked, sessions, payments_frozen)
+        return NotMeOutcome(holder_id, device_revoked, sessions, payments_frozen, case_id)

@@ -544,9 +544,12 @@ def describe_not_me(token: str, db: DbSession, env: Env) -> schemas.NotMeInfo:
     summary="This was not me: freeze payments, revoke the device named in the link (no login)",
 )
 def report_not_me(
-    token: str, db: DbSession, env: Env, ip: ClientIp, lang: Lang
+    token: str, db: DbSession, env: Env, ip: ClientIp, lang: Lang, response: Response
 ) -> schemas.NotMeOut:
     outcome = RecoveryService(db, env).report_not_me(token, ip)
+    if outcome.case_id is not None:
+        # The incident case it opened: the holder sees it there once signed in.
+        response.headers["Link"] = f'</api/v1/incidents/{outcome.case_id}>; rel="incident"'
     return schemas.NotMeOut(
         device_revoked=outcome.device_revoked,
         sessions_revoked=outcome.sessions_revoked,

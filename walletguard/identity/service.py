@@ -581,6 +581,10 @@ class IdentityService:
             principal.holder_id, principal.session_id, reason, principal
         )
 
+    def revoke_all_sessions(self, holder_id: uuid.UUID, *, reason: str) -> int:
+        """End every session of the holder (an operator froze the account on their behalf)."""
+        return self._revoke_sessions_except(holder_id, None, reason, None)
+
     def _revoke_sessions_except(
         self, holder_id: uuid.UUID, keep: uuid.UUID | None, reason: str, principal: Principal | None
     ) -> int:

@@ -89,6 +89,43 @@ class Settings(BaseSettings):
     limit_raise_delay_hours: int = Field(default=24, ge=0)
     reopen_transactions_delay_hours: int = Field(default=24, ge=0)
 
+    # Alerts (SPEC C8). Turning a channel off (or moving it to another address) takes effect
+    # only after this delay, announced on every channel meanwhile (control security_alerts).
+    alert_off_delay_hours: int = Field(default=24, ge=0)
+    # The in-process delivery thread of `serve`/`demo`: None = on with SQLite (the embedded
+    # default), off with PostgreSQL (run `walletguard worker` processes instead).
+    alerts_in_process: bool | None = None
+    alert_poll_seconds: float = Field(default=2.0, gt=0)
+    # A worker's claim on an outbox row lasts this long; a dead worker's claims expire with it.
+    alert_lease_seconds: int = Field(default=120, ge=5)
+    # Failed deliveries are retried after base * 2^(attempt-1) seconds (capped), then dead.
+    alert_max_attempts: int = Field(default=8, ge=1)
+    alert_retry_base_seconds: int = Field(default=30, ge=1)
+    alert_retry_max_seconds: int = Field(default=3600, ge=1)
+    # Email alerts over SMTP.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "walletguard <alerts@walletguard.localhost>"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Signed webhooks. Holders' URLs may not point into private, loopback or link-local
+    # networks (the worker would otherwise probe the operator's own network) unless allowed.
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_allow_private_targets: bool = False
+
+    # Incident desk (SPEC C10). Operators' API keys as JSON {"operator-name": "token", ...}
+    # (each token at least 32 characters); unset: the operator API answers 401 to everyone.
+    operator_tokens: SecretStr | None = None
+    # A case's timeline and movements reach back this far before the report.
+    incident_lookback_days: int = Field(default=30, ge=1)
+    # Debits within this long after a new device, sync or credential change are pre-marked.
+    incident_suspect_window_hours: int = Field(default=72, ge=1)
+    # Service-level targets: an incident case and a complaint must be resolved within these.
+    incident_sla_hours: int = Field(default=24, ge=1)
+    complaint_sla_hours: int = Field(default=360, ge=1)
+
     @cached_property
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pyotp
 
 from walletguard.identity.phone import parse_mobile
 from walletguard.messages.otp_guard import recognise_otp
+from walletguard.simulator.passkey import SoftwarePasskey
 from walletguard.simulator.scenario import Step, parse_duration
 from walletguard.simulator.world import Login, World
 
@@ -183,7 +185,8 @@ def read_code(ctx: Ctx, phone: str) -> str:
 def step_up(ctx: Ctx, action: str, factor: str | None = None) -> str:
     """Pass a step-up for ``action`` with ``factor`` (or the best the actor can use)."""
     known = ctx.world.knows(ctx.actor, ctx.owner)
-    candidates = [factor] if factor else [f for f in ("totp", "recovery_code") if f in known]
+    strong = ("passkey", "totp", "recovery_code")
+    candidates = [factor] if factor else [f for f in strong if f in known]
     candidates = candidates or ["sms"]
     last: StepStopped | None = None
     for chosen in candidates:
@@ -199,6 +202,15 @@ def step_up(ctx: Ctx, action: str, factor: str | None = None) -> str:
                 if not codes:
                     raise StepStopped(Outcome("challenged", ["step_up"], "no recovery code"))
                 body["code"] = codes.pop(0)
+            elif chosen == "passkey":
+                passkey = known.get("passkey")
+                if not isinstance(passkey, SoftwarePasskey):
+                    raise StepStopped(Outcome("challenged", ["step_up"], "no passkey"))
+                started = expect_ok(
+                    ctx.call("POST", "/api/v1/step-up/challenges", json=body), "passkey step-up"
+                )
+                body["challenge_id"] = started["challenge_id"]
+                body["assertion"] = passkey.assert_for(started["public_key"])
             elif chosen == "sms":
                 started = expect_ok(
                     ctx.call("POST", "/api/v1/step-up/challenges", json=body), "SMS step-up"
@@ -296,7 +308,12 @@ def do_register(ctx: Ctx) -> Outcome:
     _claim_sim_if_held(ctx)
     knows = ctx.world.knows(ctx.actor, ctx.owner)
     if "totp" in spec.factors:
-        started_totp = expect_ok(ctx.call("POST", "/api/v1/me/factors/totp", json={}), "TOTP")
+        started_totp = with_step_up(
+            ctx,
+            "enrol_factor",
+            lambda: ctx.call("POST", "/api/v1/me/factors/totp", json={}),
+            "TOTP",
+        )
         seed = started_totp["secret"]
         code = pyotp.TOTP(seed).at(ctx.world.clock.now())
         expect_ok(
@@ -308,9 +325,33 @@ def do_register(ctx: Ctx) -> Outcome:
             "TOTP",
         )
         knows["totp"] = seed
+        # A code is good once: the holder's next code comes with the app's next 30-s step.
+        ctx.world.clock.advance(timedelta(seconds=30))
+    if "passkey" in spec.factors:
+        options = with_step_up(
+            ctx,
+            "enrol_factor",
+            lambda: ctx.call("POST", "/api/v1/me/factors/passkeys/options"),
+            "passkey",
+        )
+        passkey = SoftwarePasskey(origin=ctx.world.container.settings.public_base_url.rstrip("/"))
+        credential = passkey.register(options["public_key"])
+        expect_ok(
+            ctx.call(
+                "POST",
+                "/api/v1/me/factors/passkeys",
+                json={"challenge_id": options["challenge_id"], "credential": credential},
+            ),
+            "passkey",
+        )
+        knows["passkey"] = passkey
     if "recovery_codes" in spec.factors:
-        step_up(ctx, "enrol_factor")
-        codes = expect_ok(ctx.call("POST", "/api/v1/me/factors/recovery-codes"), "recovery codes")
+        codes = with_step_up(
+            ctx,
+            "enrol_factor",
+            lambda: ctx.call("POST", "/api/v1/me/factors/recovery-codes"),
+            "recovery codes",
+        )
         knows["recovery_code"] = list(codes["codes"])
     return Outcome("ok", [], f"registered {spec.name} on {ctx.device}")
 
@@ -422,15 +463,16 @@ def do_reset_payment_password(ctx: Ctx) -> Outcome:
     new = str(ctx.extra["new"])
     factor = ctx.extra.get("factor", "sms")
     step_up(ctx, "reset_payment_password", str(factor))
-    send = lambda: ctx.call(  # noqa: E731 - a retry closure
-        "POST", "/api/v1/me/payment-password/reset", json={"payment_password": new}
-    )
+
+    def send() -> httpx.Response:
+        return ctx.call("POST", "/api/v1/me/payment-password/reset", json={"payment_password": new})
+
     response = send()
     slug, _ = _problem(response) if response.status_code >= 400 else ("", {})
     if slug in {"step-up-required", "reset-refused"}:
         # Protected profile: the SMS code must be backed by a second, stronger factor.
         known = ctx.world.knows(ctx.actor, ctx.owner)
-        strong = next((f for f in ("totp", "recovery_code") if f in known), None)
+        strong = next((f for f in ("passkey", "totp", "recovery_code") if f in known), None)
         if strong is None:
             raise stop_for(response, "reset payment password")
         step_up(ctx, "reset_payment_password", strong)

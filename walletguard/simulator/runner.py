@@ -99,10 +99,13 @@ def run(
     profile: str | None = None,
     disabled: Iterable[str] = (),
     on_step: Callable[[StepReport], None] | None = None,
+    postgres_admin_url: str | None = None,
 ) -> RunReport:
+    """Play the scenario once. By default against a fresh SQLite instance; with
+    ``postgres_admin_url`` against a fresh PostgreSQL database created on that server."""
     chosen = profile or scenario.profile
     disabled = list(disabled)
-    world = World.create(scenario, chosen, disabled)
+    world = World.create(scenario, chosen, disabled, postgres_admin_url=postgres_admin_url)
     try:
         money.open_bank_accounts(world)
         loss = {name: 0 for name in scenario.actors}

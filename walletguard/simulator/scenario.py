@@ -113,7 +113,7 @@ class ActorSpec(Strict):
     payment_password: str | None = None
     devices: list[DeviceSpec] = Field(default_factory=list)
     cards: list[CardSpec] = Field(default_factory=list)
-    factors: list[Literal["totp", "recovery_codes"]] = Field(
+    factors: list[Literal["totp", "passkey", "recovery_codes"]] = Field(
         default_factory=list, description="second factors enrolled right after registering"
     )
     knows: dict[str, dict[str, str]] = Field(

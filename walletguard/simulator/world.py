@@ -5,15 +5,16 @@ phones — which device holds which SIM, which codes each actor can see, which s
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from walletguard.app import create_app
@@ -24,6 +25,12 @@ from walletguard.kit.db import create_db_engine
 from walletguard.kit.settings import Settings
 from walletguard.migrations import upgrade
 from walletguard.simulator.scenario import ActorSpec, DeviceSpec, Scenario
+
+with warnings.catch_warnings():
+    # Starlette's in-process client is how scenarios reach the API without a socket; its
+    # deprecation notice about httpx is not for the people running `walletguard simulate`.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 _TEMPLATES: dict[str, Path] = {}
 
@@ -43,6 +50,39 @@ def _migrated_template() -> Path:
             raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         _TEMPLATES["sqlite"] = path
     return _TEMPLATES["sqlite"]
+
+
+def _fresh_postgres(admin_url: str) -> str:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"wg_sim_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_db_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def _drop_postgres(admin_url: str, url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _key() -> str:
@@ -75,19 +115,35 @@ class World:
     holder_ids: dict[str, uuid.UUID] = field(default_factory=dict)
     recoveries: dict[str, str] = field(default_factory=dict)
     app: Any = None
+    postgres_admin_url: str | None = None
 
     @classmethod
-    def create(cls, scenario: Scenario, profile: str, disabled: list[str]) -> World:
+    def create(
+        cls,
+        scenario: Scenario,
+        profile: str,
+        disabled: list[str],
+        *,
+        postgres_admin_url: str | None = None,
+    ) -> World:
+        """A fresh instance: a copy of a migrated SQLite file, or — given the URL of a
+        PostgreSQL server's admin database — a new PostgreSQL database dropped on close."""
         workdir = Path(tempfile.mkdtemp(prefix="wg-sim-"))
-        db_path = workdir / "walletguard.db"
-        shutil.copyfile(_migrated_template(), db_path)
+        dropped_by_close: str | None = None
+        if postgres_admin_url:
+            database_url = _fresh_postgres(postgres_admin_url)
+            dropped_by_close = postgres_admin_url
+        else:
+            db_path = workdir / "walletguard.db"
+            shutil.copyfile(_migrated_template(), db_path)
+            database_url = f"sqlite:///{db_path}"
         settings = Settings(
             data_dir=workdir,
-            database_url=f"sqlite:///{db_path}",
+            database_url=database_url,
             field_keys=SecretStr(f'{{"s1": "{_key()}"}}'),
             field_active_key="s1",
             index_key=SecretStr(_key()),
-            profile=profile,  # type: ignore[arg-type]
+            profile=profile,
             disabled_controls=",".join(disabled),
             # The simulator's accounts are throwaway: cheap Argon2 keeps runs fast.
             argon2_time_cost=1,
@@ -97,6 +153,7 @@ class World:
         clock = ManualClock(scenario.start)
         container = build_container(settings, clock=clock)
         world = cls(scenario=scenario, container=container, clock=clock, workdir=workdir)
+        world.postgres_admin_url = dropped_by_close
         world.app = create_app(container)
         for name, actor in scenario.actors.items():
             world.knowledge[(name, name)] = {
@@ -115,6 +172,8 @@ class World:
             client.close()
         self.container.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.postgres_admin_url:
+            _drop_postgres(self.postgres_admin_url, self.container.settings.effective_database_url)
 
     def actor(self, name: str) -> ActorSpec:
         return self.scenario.actors[name]
@@ -136,6 +195,32 @@ class World:
                 self.app, client=(ip, 40000), headers={"user-agent": f"sim/{actor}/{device_id}"}
             )
         return self.clients[key]
+
+    def latest_not_me_token(self, owner: str) -> str | None:
+        """The "this was not me" link of the newest announcement sent to ``owner``.
+
+        Announcements go to the holder's trusted devices and email; the link they carry is the
+        one the announced event recorded, so it is read from there.
+        """
+        from sqlalchemy import select
+
+        from walletguard.audit.models import AuditEntry
+        from walletguard.identity.links import token_of
+
+        holder_id = self.holder_ids.get(owner)
+        if holder_id is None:
+            return None
+        with self.container.sessions() as db:
+            rows = db.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.holder_id == holder_id, AuditEntry.event.like("security.%"))
+                .order_by(AuditEntry.seq.desc())
+            )
+            for row in rows:
+                url = json.loads(row.data).get("not_me_url")
+                if url:
+                    return token_of(str(url))
+        return None
 
     def knows(self, actor: str, owner: str) -> dict[str, Any]:
         """What ``actor`` knows of ``owner``'s secrets (an attacker knows what leaked)."""

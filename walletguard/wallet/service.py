@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from walletguard.alerts import service as alerts
 from walletguard.audit import service as audit
 from walletguard.bank.gateway import (
     BankChallengeClosed,
@@ -44,6 +45,7 @@ from walletguard.bank.sandbox import CARD_NUMBER_CONTEXT
 from walletguard.bank.service import bank_gateway
 from walletguard.bootstrap import Container
 from walletguard.identity.guards import SensitiveAction
+from walletguard.identity.links import alert_recipient, not_me_url
 from walletguard.identity.phone import mask_phone, parse_mobile
 from walletguard.identity.service import IdentityService, Principal
 from walletguard.kit.errors import (
@@ -77,6 +79,8 @@ REFUND = "refund"
 KINDS = (TOP_UP, WITHDRAW, PAYMENT, TRANSFER, REFUND)
 STATUSES = (PENDING, POSTED, VOIDED, FAILED)
 REFUNDABLE_KINDS = (PAYMENT, TRANSFER, TOP_UP)
+# Movement events that raise an alert (walletguard.alerts); voided holds moved no money.
+ALERTED_MOVEMENT_EVENTS = ("movement.posted", "movement.failed", "movement.refunded")
 
 # Failed card bindings per holder per day: guessing a card's reserved phone or holder name
 # through the bank costs a try each.
@@ -410,6 +414,44 @@ class WalletService:
             ip=txn.ip,
             data=data,
         )
+        if event in ALERTED_MOVEMENT_EVENTS:
+            self._alert_movement(event, txn, card)
+
+    def _alert_movement(self, event: str, txn: LedgerTransaction, card: Card | None) -> None:
+        """Every posted, failed or refunded movement is alerted (SPEC C8), in this transaction:
+        to whoever started it (with "this was not me" naming the device it came from) and, for
+        a transfer, to the holder whose balance it credits or, refunded, debits."""
+        refunded_kind = None
+        if txn.kind == REFUND and txn.reverses_id is not None:
+            original = self.db.get(LedgerTransaction, txn.reverses_id)
+            refunded_kind = original.kind if original is not None else None
+        facts = alerts.MovementFacts(
+            movement_id=txn.id,
+            kind=txn.kind,
+            amount_fen=txn.amount_fen,
+            source=txn.source,
+            card_last4=card.last4 if card is not None else None,
+            payee=txn.payee,
+            payer=txn.payer_label,
+            device_id=txn.device_id,
+            refunded_kind=refunded_kind,
+        )
+        link = None
+        if txn.device_id is not None:
+            link = not_me_url(
+                self.env, holder_id=txn.holder_id, device_id=txn.device_id, event=event
+            )
+        recipient = alert_recipient(self.db, self.env, txn.holder_id)
+        alerts.movement_alert(self.db, self.env, recipient, event, facts, not_me_url=link)
+        counterparty = txn.counterparty_holder_id
+        if counterparty is None:
+            return
+        if event == "movement.posted" and txn.kind == TRANSFER:
+            other = alert_recipient(self.db, self.env, counterparty)
+            alerts.movement_alert(self.db, self.env, other, "movement.received", facts)
+        elif event == "movement.refunded" and refunded_kind == TRANSFER:
+            other = alert_recipient(self.db, self.env, counterparty)
+            alerts.movement_alert(self.db, self.env, other, "movement.refund_debited", facts)
 
     def _card_number(self, card: Card) -> str:
         return self.cipher.decrypt(card.number_enc, context="cards.number")
@@ -699,6 +741,7 @@ class WalletService:
                     ip=ip,
                     data={"reason": reason},
                 )
+                self._alert_wallet("wallet.reopen_cancelled", holder_id, device_id, {})
         else:
             state.closed_at = now
             state.closed_reason = reason[:64]
@@ -711,6 +754,9 @@ class WalletService:
                 device_id=device_id,
                 ip=ip,
                 data={"reason": reason},
+            )
+            self._alert_wallet(
+                "wallet.transactions_closed", holder_id, device_id, {"reason": reason[:64]}
             )
         for txn in repository.pending_movements(self.db, holder_id):
             self._end(txn, VOIDED, "transactions_closed")
@@ -738,7 +784,38 @@ class WalletService:
             ip=principal.ip,
             data={"reopens_at": state.reopens_at.isoformat()},
         )
+        self._alert_wallet(
+            "wallet.reopen_requested",
+            principal.holder_id,
+            principal.device_id,
+            {"reopens_at": state.reopens_at.isoformat()},
+            until=state.reopens_at,
+        )
         return state
+
+    def _alert_wallet(
+        self,
+        kind: str,
+        holder_id: uuid.UUID,
+        device_id: uuid.UUID | None,
+        data: Mapping[str, Any],
+        *,
+        until: datetime | None = None,
+    ) -> None:
+        """Closing and reopening transactions is alerted on every channel (SPEC C8)."""
+        link = None
+        if device_id is not None and kind == "wallet.reopen_requested":
+            link = not_me_url(self.env, holder_id=holder_id, device_id=device_id, event=kind)
+        alerts.raise_alert(
+            self.db,
+            self.env,
+            alert_recipient(self.db, self.env, holder_id),
+            kind,
+            params={"until": alerts.beijing_time(until) if until else ""},
+            data=data,
+            not_me_url=link,
+            device_id=device_id,
+        )
 
     # -- limits --------------------------------------------------------------------------
 

@@ -1,0 +1,671 @@
+"""Payments per second on PostgreSQL, beside a bare endpoint doing one INSERT on the same stack.
+
+    .venv/bin/python bench/bench_payments.py [--admin-url URL] [--workers 2] [--holders 64]
+        [--concurrency 32] [--seconds 20] [--merchants 16] [--cheap-argon2]
+
+What is measured: ``POST /api/v1/payments`` from the wallet balance to a merchant, with the
+payment password and an Idempotency-Key — the full authorisation path (session, kill switch,
+payment password (Argon2id verify + attempt counter), idempotency claim, wallet-state lock,
+limits, risk decision, ledger posting, audit chain, commit). The baseline is
+``bench/bare_app.py``: one INSERT per request, committed, on FastAPI + SQLAlchemy + psycopg 3.
+Both run under uvicorn with the same flags and the same number of worker processes; the load
+comes from ``bench/loadgen.py`` in a second process on the same machine (loopback only).
+
+Per endpoint: a short warm-up, a closed-loop run (max throughput), then an open-loop run at
+half the measured *payment* throughput (latency from the scheduled send time, so queueing
+counts). The figure is the ratio payments/s : bare/s (SPEC section 3: >= 50 %, p99 <= 50 ms
+at half load). At the end ``walletguard ledger check`` must reconcile.
+
+A fresh database ``wg_bench_<random>`` is created next to the admin URL's database and dropped
+on exit, even on Ctrl-C. The holders are prepared through the public API (register, payment
+password, bind a sandbox card, top up with the bank's dynamic password read from the sandbox
+phone inbox) with the server's own Argon2id parameters, so the stored hashes are the ones a
+payment really verifies. ``--cheap-argon2`` (m=8 MiB, t=1) is a what-if for the cost of the
+rest of the path; it is NOT the specified figure and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import URL, make_url
+
+from walletguard.bank.service import sandbox_bank
+from walletguard.bootstrap import build_container
+from walletguard.kit.db import unit_of_work
+from walletguard.kit.settings import Settings
+from walletguard.migrations import upgrade
+from walletguard.wallet.models import LedgerTransaction
+
+REPO = Path(__file__).resolve().parent.parent
+LOADGEN = REPO / "bench" / "loadgen.py"
+DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+PASSWORD = "Bench-Marmot-4471"
+PIN = "480915"
+NAME = "测试"
+BIRTHDAY = "1991-01-01"
+TOP_UP = "10000.00"
+CARD_BALANCE_FEN = 2_000_000
+PAYMENT_AMOUNT = "1.00"
+_CODE = re.compile(r"(?<!\d)(\d{6})(?!\d)")
+
+
+def _b64_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _luhn_card(serial: int, prefix: str = "622202", length: int = 19) -> str:
+    """A Luhn-valid ICBC card number (the BIN table knows 622202)."""
+    body = prefix + str(serial).rjust(length - len(prefix) - 1, "0")
+    total = 0
+    for position, char in enumerate(reversed(body)):
+        digit = int(char)
+        if position % 2 == 0:  # doubled: the check digit will sit to its right
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return body + str((10 - total % 10) % 10)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+class Children:
+    """Every process this benchmark starts, each in its own process group, ended on exit."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, env=env, cwd=REPO, start_new_session=True, **kwargs)
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            # The group is the uvicorn master and the workers it forked: ours, by id.
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in list(self.running):
+            self.stop(process)
+
+
+@dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int  # the uvicorn master, leader of the process group its workers share
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of every live process in the server's group (Linux /proc)."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with suppress(OSError, ValueError, IndexError):
+                # Fields after the parenthesised command: state ppid pgrp ... utime stime.
+                fields = stat.read_text().rpartition(")")[2].split()
+                if int(fields[2]) == self.pid:
+                    total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def server(
+    children: Children, app: list[str], env: dict[str, str], workers: int
+) -> Iterator[Server]:
+    """uvicorn on 127.0.0.1 with ``workers`` processes, once it answers."""
+    port = _free_port()
+    process = children.start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            *app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env,
+    )
+    try:
+        _wait_until_up(process, port)
+        yield Server(port, process.pid)
+    finally:
+        children.stop(process)
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"the server on port {port} did not answer within {timeout:.0f} s")
+
+
+def machine_busy_share(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (/proc/stat): load this benchmark did not make
+    when sampled while it is idle, which skews every figure on a shared machine."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all
+
+    idle_before, total_before = sample()
+    time.sleep(seconds)
+    idle_after, total_after = sample()
+    return 1 - (idle_after - idle_before) / max(1, total_after - total_before)
+
+
+# -- the database ------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(admin_url: URL) -> Iterator[str]:
+    name = f"wg_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# -- preparing holders through the API -----------------------------------------------------------
+
+
+class Api:
+    """A tiny JSON client for the walletguard API on one keep-alive connection."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        key: str | None = None,
+        expect: int = 200,
+    ) -> Any:
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        if key:
+            headers["Idempotency-Key"] = key
+        payload = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, path, body=payload, headers=headers)
+        response = self.conn.getresponse()
+        raw = response.read()
+        if response.status != expect:
+            raise SystemExit(f"{method} {path}: {response.status} {raw[:300]!r}")
+        return json.loads(raw) if raw else None
+
+    def latest_code(self, phone: str) -> str:
+        messages = self.call("GET", f"/api/v1/sandbox/phones/{phone}/messages")
+        match = _CODE.search(messages[0]["body"])
+        if match is None:
+            raise SystemExit(f"no code in the latest SMS to {phone}")
+        return match.group(1)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass(frozen=True)
+class BenchHolder:
+    phone: str
+    token: str
+
+
+def prepare_holder(port: int, index: int, open_card: Callable[[str, str], None]) -> BenchHolder:
+    """Register, set the payment password, bind a sandbox card and top the wallet up."""
+    phone = f"+86139{index:08d}"
+    api = Api(port)
+    try:
+        started = api.call("POST", "/api/v1/registrations", {"phone": phone}, expect=202)
+        done = api.call(
+            "POST",
+            f"/api/v1/registrations/{started['registration_id']}/complete",
+            {
+                "code": api.latest_code(phone),
+                "name": NAME,
+                "birthday": BIRTHDAY,
+                "password": PASSWORD,
+                "device": {"id": f"bench-{index}", "label": "bench"},
+            },
+            expect=201,
+        )
+        token = done["session_token"]
+        api.call(
+            "PUT",
+            "/api/v1/me/payment-password",
+            {"login_password": PASSWORD, "payment_password": PIN},
+            token=token,
+            expect=204,
+        )
+        number = _luhn_card(index + 1)
+        open_card(number, phone)
+        card = api.call(
+            "POST",
+            "/api/v1/cards",
+            {"number": number, "reserved_phone": phone},
+            token=token,
+            expect=202,
+        )
+        api.call(
+            "POST",
+            f"/api/v1/cards/{card['card_id']}/verify",
+            {"code": api.latest_code(phone)},
+            token=token,
+        )
+        top_up = api.call(
+            "POST",
+            "/api/v1/top-ups",
+            {"card_id": card["card_id"], "amount": TOP_UP, "payment_password": PIN},
+            token=token,
+            key=str(uuid.uuid4()),
+            expect=202,
+        )
+        api.call(
+            "POST",
+            f"/api/v1/movements/{top_up['movement_id']}/confirm",
+            {"dynamic_password": api.latest_code(phone)},
+            token=token,
+            key=str(uuid.uuid4()),
+        )
+        return BenchHolder(phone=phone, token=token)
+    finally:
+        api.close()
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def payment_requests(holders: list[BenchHolder], count: int, merchants: int) -> list[str]:
+    lines = []
+    for i in range(count):
+        holder = holders[i % len(holders)]
+        lines.append(
+            json.dumps(
+                {
+                    "method": "POST",
+                    "path": "/api/v1/payments",
+                    "headers": {
+                        "authorization": f"Bearer {holder.token}",
+                        "Idempotency-Key": str(uuid.uuid4()),
+                    },
+                    "json": {
+                        "merchant": f"便利店{i % merchants:02d}",
+                        "amount": PAYMENT_AMOUNT,
+                        "payment_password": PIN,
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
+    return lines
+
+
+def bare_requests(count: int, merchants: int) -> list[str]:
+    return [
+        json.dumps(
+            {
+                "method": "POST",
+                "path": "/bare/payments",
+                "json": {"payee": f"便利店{i % merchants:02d}", "amount": PAYMENT_AMOUNT},
+            },
+            ensure_ascii=False,
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    statuses: dict[str, int]
+    seconds: float
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    server_cpu_ms: float | None = None  # server CPU time per request, all workers
+
+
+def run_load(
+    children: Children,
+    port: int,
+    lines: list[str],
+    workdir: Path,
+    *,
+    concurrency: int,
+    rate: float = 0.0,
+) -> LoadResult:
+    requests_file = workdir / f"requests-{uuid.uuid4().hex[:8]}.jsonl"
+    requests_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = [
+        sys.executable,
+        str(LOADGEN),
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--requests-file",
+        str(requests_file),
+        "--concurrency",
+        str(concurrency),
+    ]
+    if rate:
+        args += ["--rate", f"{rate:.3f}"]
+    process = children.start(args, os.environ.copy(), stdout=subprocess.PIPE)
+    out, _ = process.communicate()
+    children.running.remove(process)
+    requests_file.unlink()
+    if process.returncode != 0:
+        raise SystemExit(f"loadgen failed with code {process.returncode}")
+    return LoadResult(**json.loads(out))
+
+
+def closed_loop(
+    children: Children,
+    target: Server,
+    make_lines: Callable[[int], list[str]],
+    workdir: Path,
+    *,
+    seconds: float,
+    concurrency: int,
+    warmup: int,
+) -> tuple[LoadResult, LoadResult]:
+    """A warm-up, which also estimates the rate, then a closed-loop run of about ``seconds``."""
+    probe = run_load(children, target.port, make_lines(warmup), workdir, concurrency=concurrency)
+    lines = make_lines(max(warmup, int(probe.rps * seconds)))
+    cpu_before = target.cpu_seconds()
+    result = run_load(children, target.port, lines, workdir, concurrency=concurrency)
+    result.server_cpu_ms = (target.cpu_seconds() - cpu_before) * 1000 / result.requests
+    return probe, result
+
+
+def open_loop(
+    children: Children,
+    target: Server,
+    make_lines: Callable[[int], list[str]],
+    workdir: Path,
+    *,
+    rate: float,
+    seconds: float,
+    concurrency: int,
+) -> LoadResult:
+    lines = make_lines(max(50, int(rate * seconds)))
+    return run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _line(label: str, result: LoadResult) -> str:
+    cpu = f", server CPU {result.server_cpu_ms:.1f} ms/req" if result.server_cpu_ms else ""
+    errors = f"  ERRORS {result.errors} {result.statuses}" if result.errors else ""
+    return (
+        f"  {label:<26} {result.rps:7.1f} req/s  p50 {result.p50_ms:7.1f}  "
+        f"p95 {result.p95_ms:7.1f}  p99 {result.p99_ms:7.1f} ms  "
+        f"({result.requests} req in {result.seconds:.1f} s{cpu}){errors}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--admin-url",
+        default=os.environ.get("WALLETGUARD_BENCH_ADMIN_URL", DEFAULT_ADMIN_URL),
+        help="PostgreSQL URL with CREATE DATABASE rights (env WALLETGUARD_BENCH_ADMIN_URL)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--holders", type=int, default=64)
+    parser.add_argument("--merchants", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=32, help="loadgen connections")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
+    parser.add_argument(
+        "--cheap-argon2",
+        action="store_true",
+        help="what-if: Argon2id m=8 MiB, t=1 everywhere (not the specified figure)",
+    )
+    args = parser.parse_args()
+
+    admin_url = make_url(args.admin_url)
+    if not admin_url.drivername.startswith("postgresql"):
+        raise SystemExit("--admin-url must be a PostgreSQL URL")
+    if admin_url.host not in LOOPBACK:
+        raise SystemExit("this benchmark only talks to a database on the loopback address")
+
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    children = Children()
+    workdir = Path(tempfile.mkdtemp(prefix="wg-bench-payments-"))
+    try:
+        with fresh_database(admin_url) as database_url:
+            run(args, children, workdir, database_url)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the servers and dropping the database", file=sys.stderr)
+    finally:
+        children.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, children: Children, workdir: Path, database_url: str) -> None:
+    field_keys, index_key = json.dumps({"b1": _b64_key()}), _b64_key()
+    env = {
+        **os.environ,
+        "WALLETGUARD_DATABASE_URL": database_url,
+        "WALLETGUARD_DATA_DIR": str(workdir / "data"),
+        "WALLETGUARD_FIELD_KEYS": field_keys,
+        "WALLETGUARD_FIELD_ACTIVE_KEY": "b1",
+        "WALLETGUARD_INDEX_KEY": index_key,
+        "WALLETGUARD_SANDBOX": "true",
+        "WALLETGUARD_PROFILE": "protected",
+    }
+    if args.cheap_argon2:
+        env |= {"WALLETGUARD_ARGON2_TIME_COST": "1", "WALLETGUARD_ARGON2_MEMORY_KIB": "8192"}
+    # Exactly the settings the servers read from the same variables.
+    prefix = "WALLETGUARD_"
+    settings = Settings.model_validate(
+        {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    )
+    container = build_container(settings)
+    upgrade(container.engine)
+    busy_before = machine_busy_share()
+    print(
+        f"PostgreSQL {_server_version(container.engine)}; {os.cpu_count()} CPUs; "
+        f"uvicorn --workers {args.workers}; loadgen --concurrency {args.concurrency}; "
+        f"{args.holders} holders, {args.merchants} merchants; runs of ~{args.seconds:.0f} s"
+    )
+    print(
+        f"Argon2id of the payment password: m={settings.argon2_memory_kib} KiB, "
+        f"t={settings.argon2_time_cost}, p={settings.argon2_parallelism}"
+        + ("   << --cheap-argon2: NOT the specified figure" if args.cheap_argon2 else "")
+    )
+
+    def open_card(number: str, phone: str) -> None:
+        with unit_of_work(container.sessions) as db:
+            sandbox_bank(db, container).open_card_account(
+                number=number,
+                holder_name=NAME,
+                reserved_phone_e164=phone,
+                balance_fen=CARD_BALANCE_FEN,
+            )
+
+    app = ["walletguard.app:create_app", "--factory"]
+    with server(children, app, env, args.workers) as target:
+        started = time.perf_counter()
+        # The first holder alone: on an empty database the audit chain's head row does not
+        # exist yet, and two first entries written at once collide on it.
+        holders = [prepare_holder(target.port, 0, open_card)]
+        with ThreadPoolExecutor(max_workers=2 * args.workers) as pool:
+            holders += pool.map(
+                lambda i: prepare_holder(target.port, i, open_card), range(1, args.holders)
+            )
+        print(
+            f"prepared {len(holders)} holders through the API in "
+            f"{time.perf_counter() - started:.1f} s (balance {TOP_UP} yuan each)"
+        )
+
+        def pay_lines(count: int) -> list[str]:
+            return payment_requests(holders, count, args.merchants)
+
+        pay_warmup, pay_closed = closed_loop(
+            children,
+            target,
+            pay_lines,
+            workdir,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+        )
+        half = pay_closed.rps / 2
+        pay_open = open_loop(
+            children,
+            target,
+            pay_lines,
+            workdir,
+            rate=half,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+        )
+
+    ledger = subprocess.run(
+        [sys.executable, "-m", "walletguard.cli", "ledger", "check"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    with container.sessions() as db:
+        posted = db.scalar(
+            select(func.count())
+            .select_from(LedgerTransaction)
+            .where(LedgerTransaction.kind == "payment", LedgerTransaction.status == "posted")
+        )
+    container.close()
+    answered = sum(r.requests - r.errors for r in (pay_warmup, pay_closed, pay_open))
+
+    bare_env = {**os.environ, "WALLETGUARD_DATABASE_URL": database_url}
+    subprocess.run(
+        [sys.executable, "-c", "from bench.bare_app import create_table; create_table()"],
+        env=bare_env,
+        cwd=REPO,
+        check=True,
+    )
+    with server(children, ["bench.bare_app:app"], bare_env, args.workers) as target:
+
+        def bare_lines(count: int) -> list[str]:
+            return bare_requests(count, args.merchants)
+
+        _, bare_closed = closed_loop(
+            children,
+            target,
+            bare_lines,
+            workdir,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+        )
+        bare_open = open_loop(
+            children,
+            target,
+            bare_lines,
+            workdir,
+            rate=half,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+        )
+
+    busy_after = machine_busy_share()
+    print(
+        f"CPU busy with other work, sampled before and after the runs: {busy_before:.0%}, "
+        f"{busy_after:.0%}"
+        + ("  << shared machine: figures are low" if max(busy_before, busy_after) > 0.1 else "")
+    )
+    print()
+    print("closed loop (max throughput):")
+    print(_line("payments POST /payments", pay_closed))
+    print(_line("bare one-INSERT endpoint", bare_closed))
+    print(f"open loop at {half:.1f} req/s (half the payment throughput):")
+    print(_line("payments POST /payments", pay_open))
+    print(_line("bare one-INSERT endpoint", bare_open))
+    print()
+    print(
+        f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} (target >= 50 %)"
+    )
+    print(f"payments p99 at half load      : {pay_open.p99_ms:6.1f} ms (target <= 50 ms)")
+    print(f"payments posted in the ledger  : {posted} ({answered} answered 2xx, warm-up included)")
+    verdict = "reconciles" if ledger.returncode == 0 else "DOES NOT reconcile"
+    print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")
+    if ledger.returncode != 0:
+        print(ledger.stderr.strip(), file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _server_version(engine: Any) -> str:
+    with engine.connect() as conn:
+        return str(conn.execute(text("SHOW server_version")).scalar_one())
+
+
+if __name__ == "__main__":
+    main()
