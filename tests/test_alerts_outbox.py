@@ -359,3 +359,36 @@ def test_simulator_queries_count_each_alert_once(
         other = db.scalar(select(Alert.id).where(Alert.holder_id != holder_id))
         assert other is None
         assert db.scalar(select(AlertDelivery.id).where(AlertDelivery.status == "dead")) is None
+
+
+def test_every_alert_kind_has_both_texts_in_both_languages() -> None:
+    from walletguard.alerts.service import _SECURITY_TEXTS, _SEVERITY
+    from walletguard.kit.i18n import catalogue
+
+    texts = catalogue()
+    kinds = (set(_SECURITY_TEXTS) | set(_SEVERITY) | {"security.generic"}) - {"movement.posted"}
+    for kind in kinds:
+        assert f"alerts.{kind}.title" in texts, kind
+        assert f"alerts.{kind}.body" in texts, kind
+    for movement in ("top_up", "withdraw", "payment", "transfer"):
+        assert f"alerts.movement.posted.{movement}" in texts
+    assert "alerts.movement.posted.title" in texts
+
+
+def test_an_unknown_security_event_still_alerts_with_the_generic_text(
+    client: TestClient, container: Container
+) -> None:
+    holder = register(client, container, PHONE)
+    with unit_of_work(container.sessions) as db:
+        alert = alerts.security_alert(
+            db,
+            container,
+            alerts.Recipient(uuid.UUID(holder.holder_id), PHONE),
+            "security.something_new",
+            device_id=None,
+            data={"not_me_url": "http://127.0.0.1:8000/not-me/x", "cancel_url": "secret"},
+        )
+        assert alert.title_en == "Account security alert"
+        assert "security.something_new" in alert.body_en
+        assert alert.not_me_url == "http://127.0.0.1:8000/not-me/x"
+        assert "cancel_url" not in alert.data and "not_me_url" not in alert.data

@@ -6,17 +6,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.alerts_support import all_deliveries, raise_security_alerts
-from tests.conftest import register
+from tests.conftest import make_settings, register
+from walletguard.alerts.worker import delivers_in_process
 from walletguard.app import create_app
 from walletguard.bootstrap import Container, build_container
+from walletguard.kit.clock import Clock, ManualClock, SystemClock
 from walletguard.kit.settings import Settings
 from walletguard.messages.service import PhoneInbox
 
@@ -94,3 +98,38 @@ def test_worker_runs_until_stopped(cli_env: dict[str, str], shared: Container) -
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert "Stopped after delivering 3 alert(s)." in out
+
+
+def test_the_server_delivers_in_process_when_asked(
+    tmp_path: Path, db_url: str, clock: ManualClock
+) -> None:
+    settings = make_settings(tmp_path, db_url, alerts_in_process=True, alert_poll_seconds=0.05)
+    container = build_container(settings, clock=clock)
+    try:
+        with TestClient(create_app(container)) as client:
+            holder = register(client, container, PHONE)
+            raise_security_alerts(container, holder, 2)
+            deadline = time.monotonic() + 30
+            while _sms_count(container) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _sms_count(container) == 2
+        # The thread stops with the app.
+        assert not any(t.name == "walletguard-alerts" for t in threading.enumerate())
+    finally:
+        container.close()
+
+
+def test_in_process_delivery_is_the_embedded_default(tmp_path: Path, clock: ManualClock) -> None:
+    sqlite = make_settings(tmp_path, f"sqlite:///{tmp_path / 'x.db'}")
+    postgres = make_settings(tmp_path, "postgresql+psycopg://u@127.0.0.1/x")
+    real = SystemClock()
+
+    def decides(settings: Settings, chosen: Clock) -> bool:
+        return delivers_in_process(SimpleNamespace(settings=settings, clock=chosen))  # type: ignore[arg-type]
+
+    assert decides(sqlite, real)
+    assert not decides(postgres, real)
+    # Scenarios and tests move a manual clock; they deliver with deliver_due.
+    assert not decides(sqlite, clock)
+    forced = make_settings(tmp_path, "postgresql+psycopg://u@127.0.0.1/x", alerts_in_process=True)
+    assert decides(forced, real)

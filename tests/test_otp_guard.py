@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from walletguard.kit.i18n import catalogue, text
 from walletguard.messages.otp_guard import OtpMatch, recognise_otp
 
 LABELLED = Path(__file__).parent / "data" / "otp_messages.jsonl"
@@ -157,12 +158,36 @@ def test_what_is_not_a_one_time_code(body: str) -> None:
         ("【招商银行】验证码：８２９１４３，请勿泄露。", "829143"),
         ("Your verification code is X4K9B2.", "X4K9B2"),
         ("Use 482019 to verify your Tinder account.", "482019"),
-        ("OTP for txn of INR 5000.00 at Amazon on card XX1234 is 482913. Valid for 10 mins.", "482913"),
+        (
+            "OTP for txn of INR 5000.00 at Amazon on card XX1234 is 482913. Valid for 10 mins.",
+            "482913",
+        ),
     ],
 )
 def test_grey_and_unusual_code_messages(body: str, code: str) -> None:
     match = recognise_otp(body)
     assert match is not None and match.code == code
+
+
+class _Placeholders(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return {"last4": "8821", "amount": "1,000.00", "minutes": "5"}.get(key, "金店")
+
+
+def test_every_code_sms_walletguard_sends_is_recognised() -> None:
+    """The product's own code texts (catalogue keys with a {code}) are all hidden when synced."""
+    sent = [
+        (key, lang, template)
+        for key, texts in catalogue().items()
+        for lang, template in texts.items()
+        if "{code}" in template
+    ]
+    assert len(sent) >= 8
+    for key, lang, template in sent:
+        match = recognise_otp(template.format_map(_Placeholders(code="604821")))
+        assert match is not None and match.code == "604821", (key, lang)
+    assert recognise_otp(text("otp_guard.hidden", "zh-CN")) is None
+    assert recognise_otp(text("otp_guard.hidden", "en")) is None
 
 
 # -- properties: any code message built from a template is caught, with its code ----------------
@@ -191,7 +216,17 @@ EN_TEMPLATES = [
     "Passcode {code} is for your transfer of {amount}.",
     "Your {payee} code is {code}. Don't share it with anyone.",
 ]
-SENDERS = ["工商银行", "建设银行", "中国银行", "支付宝", "微信支付", "京东", "华为", "12306", "ICBC"]
+SENDERS = [
+    "工商银行",
+    "建设银行",
+    "中国银行",
+    "支付宝",
+    "微信支付",
+    "京东",
+    "华为",
+    "12306",
+    "ICBC",
+]
 ZH_PADDING = ["", "如非本人操作，请忽略本短信。", "工作人员不会索要验证码。", "客服电话95588。"]
 EN_PADDING = ["", "Reply STOP to opt out.", "Staff will never ask for it.", "Call 1800 123 4567."]
 
@@ -213,7 +248,11 @@ def code_messages(draw: st.DrawFn) -> tuple[str, str]:
     sender = draw(st.sampled_from(SENDERS))
     padding = draw(st.sampled_from(ZH_PADDING if chinese else EN_PADDING))
     if chinese:
-        body = f"【{sender}】{body}{padding}" if draw(st.booleans()) else f"{body}{padding}【{sender}】"
+        body = (
+            f"【{sender}】{body}{padding}"
+            if draw(st.booleans())
+            else f"{body}{padding}【{sender}】"
+        )
     else:
         body = f"[{sender}] {body} {padding}".strip()
     return body, code

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import PG_URL
+from walletguard.incidents.evidence import verify_package
 from walletguard.kit.controls import PROFILES
 from walletguard.simulator import runner
 from walletguard.simulator.scenario import ACTIONS, ScenarioError, load_scenario
@@ -37,8 +38,30 @@ def test_the_seed_case_drains_every_card_in_the_vulnerable_profile() -> None:
     assert report.loss_fen == {"victim": 8_813_000}
     pays = [s for s in report.steps if s.do == "pay"]
     assert [s.moved_fen for s in pays] == [5_000_000, 3_000_000, 813_000]
-    assert all(s.outcome == "ok" for s in report.steps), [s.detail for s in report.steps]
+    assert all(s.outcome == "ok" for s in report.steps if s.as_), [s.detail for s in report.steps]
     assert report.expectations_failed == []
+
+
+def test_the_victims_report_opens_a_case_with_the_loss_per_card_and_a_verifiable_package(
+    tmp_path: Path,
+) -> None:
+    report = runner.run(
+        load_scenario(SEED),
+        profile="vulnerable",
+        postgres_admin_url=PG_URL,
+        evidence_dir=tmp_path,
+    )
+    case = report.cases["victim"]
+    assert case["loss"] == "88130.00"
+    assert case["loss_by_card"] == {"6789": "50000.00", "4323": "30000.00", "5673": "8130.00"}
+    assert "victim" in report.frozen_at
+    assert report.as_json()["case_id"] == {"victim": case["case_id"]}
+    reported = report.steps[-1]
+    assert reported.do == "report_incident"
+    assert reported.outcome == "ok"
+    [package] = report.evidence
+    verified = verify_package(Path(package))
+    assert verified.ok, [str(p) for p in verified.problems]
 
 
 def test_the_seed_case_loses_nothing_in_the_protected_profile() -> None:
@@ -100,6 +123,30 @@ def test_a_holder_moving_their_own_money_is_not_a_loss(tmp_path: Path) -> None:
     assert report.steps[-1].outcome == "ok", report.steps[-1].detail
     assert report.steps[-1].moved_fen == 12_050
     assert report.loss_fen == {"victim": 0}
+
+
+def test_not_me_and_alert_channel_actions(tmp_path: Path) -> None:
+    report = play(SCENARIOS / "not-me.yaml", "protected")
+    by_do = {s.do: s for s in report.steps}
+    assert by_do["report_not_me"].outcome == "ok", by_do["report_not_me"].detail
+    assert by_do["pay"].outcome != "ok"
+    assert "holder" in report.frozen_at
+    assert report.alerts["holder"] >= 1
+
+    scenario = yaml.safe_load((SCENARIOS / "not-me.yaml").read_text(encoding="utf-8"))
+    me = {"actor": "holder", "device": "holder-phone"}
+    scenario["steps"] = [
+        scenario["steps"][0],
+        {**me, "do": "set_alert", "channel": "email", "address": "sun@example.com"},
+        {**me, "do": "set_alert", "channel": "email", "enabled": False},
+    ]
+    scenario["expect"] = {}
+    path = tmp_path / "alerts.yaml"
+    path.write_text(yaml.safe_dump(scenario, allow_unicode=True), encoding="utf-8")
+    turned_on, turned_off = play(path, "protected").steps[1:]
+    assert turned_on.outcome == "ok", turned_on.detail
+    assert turned_off.outcome == "held", turned_off.detail
+    assert turned_off.controls == ["security_alerts"]
 
 
 def test_every_documented_action_is_playable_and_documented() -> None:

@@ -397,6 +397,10 @@ def simulate(
             "--ablate", help="Re-run with each control off alone, and with each control alone."
         ),
     ] = False,
+    evidence_dir: Annotated[
+        Path | None,
+        typer.Option(help="Save the evidence package of every incident case the run opens here."),
+    ] = None,
 ) -> None:
     """Play an attack scenario against a fresh in-process walletguard with a simulated clock."""
     from walletguard.kit.controls import PROFILES
@@ -420,7 +424,9 @@ def simulate(
             simulation_report.print_ablation(out, ablation)
         return
     with simulation_report.progress(err, enabled=not as_json) as advance:
-        result = run_scenario(loaded, profile=profile, on_step=lambda s: advance(s.do))
+        result = run_scenario(
+            loaded, profile=profile, on_step=lambda s: advance(s.do), evidence_dir=evidence_dir
+        )
     if as_json:
         out.print_json(data=result.as_json())
     else:

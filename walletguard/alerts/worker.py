@@ -33,6 +33,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
+# Every table, so the outbox's foreign keys resolve in a process that imports nothing else.
+import walletguard.models  # noqa: F401
 from walletguard.alerts.channels import (
     EMAIL,
     IN_APP,

@@ -103,6 +103,7 @@ def case_out(view: CaseView, lang: Language) -> schemas.CaseOut:
                 total=format_yuan_plain(view.loss_total_fen),
             ),
             "codes_shown_off_sim": view.codes_shown_off_sim,
+            "code_reads": view.code_reads,
             "code_devices": view.code_devices,
             "movements": [
                 schemas.CaseMovementOut(

@@ -162,6 +162,7 @@ def case_json(view: CaseView) -> dict[str, Any]:
             "currency": "CNY",
         },
         "codes_shown_off_sim": view.codes_shown_off_sim,
+        "code_reads": view.code_reads,
         "code_devices": view.code_devices,
         "window": {"from": _iso(view.window_start), "to": _iso(view.built_at)},
         "premark_rule": text("incidents.evidence.premark_rule", "en"),

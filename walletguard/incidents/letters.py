@@ -78,6 +78,7 @@ def _codes(view: CaseView, lang: Language) -> str:
             "incidents.letter.codes_leaked",
             lang,
             codes=view.codes_shown_off_sim,
+            reads=view.code_reads,
             devices=", ".join(view.code_devices),
         )
     return text("incidents.letter.codes_unknown", lang)

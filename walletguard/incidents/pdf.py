@@ -133,6 +133,7 @@ def _section(view: CaseView, lang: Language) -> list[object]:
                     "incidents.report.codes",
                     lang,
                     codes=view.codes_shown_off_sim,
+                    reads=view.code_reads,
                     devices=", ".join(view.code_devices),
                 )
             )

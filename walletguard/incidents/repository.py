@@ -128,14 +128,15 @@ def notes_of_case(db: Session, case_id: uuid.UUID) -> list[CaseNote]:
 def holder_audit_entries(
     db: Session, holder_id: uuid.UUID, since: datetime, *, limit: int
 ) -> list[AuditEntry]:
-    return list(
-        db.scalars(
-            select(AuditEntry)
-            .where(AuditEntry.holder_id == holder_id, AuditEntry.at >= since)
-            .order_by(AuditEntry.seq)
-            .limit(limit)
-        ).all()
-    )
+    """The holder's entries since then, oldest first; the newest ``limit`` if there are more
+    (the attack is the recent part)."""
+    newest = db.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.holder_id == holder_id, AuditEntry.at >= since)
+        .order_by(AuditEntry.seq.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(newest))
 
 
 def audit_links(db: Session, first_seq: int, last_seq: int) -> list[tuple[int, str, str]]:

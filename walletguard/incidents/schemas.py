@@ -122,7 +122,11 @@ class CaseOut(CaseSummaryOut):
     lost_control_at: datetime | None
     cards: list[CardOut]
     loss: LossOut
-    codes_shown_off_sim: int
+    codes_shown_off_sim: int = Field(
+        description="One-time codes shown through cloud sync on devices without the SIM: at "
+        "least this many (the largest single read)."
+    )
+    code_reads: int
     code_devices: list[str]
     movements: list[CaseMovementOut]
     timeline: list[TimelineItemOut]

@@ -70,7 +70,7 @@ STATUSES = ("open", "in_progress", "waiting_holder", "resolved", "closed")
 DONE_STATUSES = ("resolved", "closed")
 DEBIT_KINDS = ("payment", "transfer", "withdraw")
 FREEZE_REASON = "incident"
-# Most audit entries a case reads; a holder with more in the look-back sees the oldest ones.
+# Most audit entries a case reads; a holder with more in the look-back sees the newest ones.
 MAX_TIMELINE_ENTRIES = 5000
 # Wrong identity checks by operators, per phone number: then an hour's lock.
 IDENTITY_CHECK_FAILURES = 5
@@ -251,8 +251,10 @@ class CaseView:
     movements: list[CaseMovement]
     loss: list[LossLine]
     cards: list[CardInfo]
-    # One-time codes shown on devices that do not hold the SIM (cloud sync), and where.
+    # One-time codes shown on devices that do not hold the SIM (cloud sync): at least this
+    # many codes, in this many reads, on these devices.
     codes_shown_off_sim: int
+    code_reads: int
     code_devices: list[str]
     window_start: datetime
     built_at: datetime
@@ -900,11 +902,14 @@ class IncidentService:
         )
         timeline = [self._timeline_item(entry, devices, cards) for entry in entries]
         movements = self._movements(case, since, entries, devices, cards)
-        codes = 0
+        codes = reads = 0
         code_devices: list[str] = []
         for item in timeline:
             if item.event == "messages.synced_read" and int(item.data.get("codes_shown", 0)):
-                codes += int(item.data["codes_shown"])
+                # Each read shows the newest messages again: the largest read is how many
+                # codes were shown at least, the count of reads how often.
+                codes = max(codes, int(item.data["codes_shown"]))
+                reads += 1
                 label = item.device_label or str(item.device_id)
                 if label not in code_devices:
                     code_devices.append(label)
@@ -923,6 +928,7 @@ class IncidentService:
                 if c.status != "pending"
             ],
             codes_shown_off_sim=codes,
+            code_reads=reads,
             code_devices=code_devices,
             window_start=since,
             built_at=now,
@@ -976,7 +982,7 @@ class IncidentService:
         )
         debits = sorted(
             (t for t in rows if t.holder_id == case.holder_id and t.kind in DEBIT_KINDS),
-            key=lambda t: (t.created_at, str(t.id)),
+            key=lambda t: (t.created_at, min(seqs.get(str(t.id), [0])), str(t.id)),
         )
         marks = repository.marks_of_case(self.db, case.id)
         out = []

@@ -25,8 +25,10 @@ The synced copy's wording lives in the catalogue (``otp_guard.hidden``), not her
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -108,11 +110,11 @@ _CUE_RE = re.compile("|".join(f"(?P<c{i}>{cue.pattern})" for i, cue in enumerate
 
 # A cue right after one of these names a parcel, a coupon or a booking, not an account code.
 _NOT_ACCOUNT_QUALIFIER = re.compile(
-    r"(?:取件|提货|取货|取餐|签收|收货|寄件|自提|快递|包裹|柜|优惠|兑换|邀请|"
+    r"(?:取件|提货|取货|取餐|签收|收货|寄件|自提|快递|包裹|柜|优惠|兑换|邀请|\b(?:"
     r"pick[\s-]?up|collection|locker|parcel|delivery\s+pin|promo(?:tional)?|discount|coupon|"
     r"voucher|gift|referral|invite|invitation|tracking|order|booking|reservation|flight|"
     r"postal|post|pin|zip|area|country|dial(?:ling)?|qr|bar|error|product|reference|ref|"
-    r"dress|source|redeem|redemption|offer|sale)\s*$"
+    r"dress|source|redeem|redemption|offer|sale))\s*$"
 )
 # A generic "code" in a sentence that sells something is a promo code.
 _MARKETING = re.compile(
@@ -254,8 +256,7 @@ def _alphanumeric_candidates(folded: str, lowered: str) -> list[_Candidate]:
     return found
 
 
-def _cue_hits(lowered: str) -> list[_CueHit]:
-    hits = []
+def _cue_hits(lowered: str) -> Iterator[_CueHit]:
     for m in _CUE_RE.finditer(lowered):
         assert m.lastgroup is not None
         cue = _CUES[int(m.lastgroup[1:])]
@@ -263,8 +264,7 @@ def _cue_hits(lowered: str) -> list[_CueHit]:
             continue
         if cue.keyword == "code" and _MARKETING.search(_sentence_around(lowered, m.start())):
             continue
-        hits.append(_CueHit(m.start(), m.end(), cue))
-    return hits
+        yield _CueHit(m.start(), m.end(), cue)
 
 
 def _sentence_around(lowered: str, at: int) -> str:
@@ -277,14 +277,26 @@ def _sentence_around(lowered: str, at: int) -> str:
     return lowered[start:end]
 
 
-def _refused_by_context(lowered: str, candidate: _Candidate, floor: int) -> bool:
-    before = lowered[max(floor, candidate.start - 10) : candidate.start]
-    if _NOT_CODE_BEFORE.search(before):
-        return True
-    return bool(_NOT_CODE_AFTER.match(lowered[candidate.end : candidate.end + 10]))
+def _refused_by_context(
+    lowered: str, candidate: _Candidate, floor: int, memo: dict[tuple[int, int], bool]
+) -> bool:
+    """Whether what stands around a number says it is no code (a tail, an amount, a hotline).
+
+    ``memo`` holds the answers of this message: with many cues the same number is asked often.
+    """
+    window_start = max(floor, candidate.start - 10)
+    key = (window_start, candidate.start)
+    if key not in memo:
+        memo[key] = bool(
+            _NOT_CODE_BEFORE.search(lowered[window_start : candidate.start])
+            or _NOT_CODE_AFTER.match(lowered[candidate.end : candidate.end + 10])
+        )
+    return memo[key]
 
 
-def _cost(lowered: str, hit: _CueHit, candidate: _Candidate) -> int | None:
+def _cost(
+    lowered: str, hit: _CueHit, candidate: _Candidate, memo: dict[tuple[int, int], bool]
+) -> int | None:
     """How far a candidate is from being this cue's code; None when it cannot be."""
     if candidate.alphanumeric and hit.cue.strength is not _Strength.STRONG:
         return None
@@ -292,7 +304,7 @@ def _cost(lowered: str, hit: _CueHit, candidate: _Candidate) -> int | None:
         if candidate.start - hit.end > _MAX_DISTANCE_AFTER:
             return None
         gap = lowered[hit.end : candidate.start]
-        if _refused_by_context(lowered, candidate, hit.end):
+        if _refused_by_context(lowered, candidate, hit.end, memo):
             return None
         bare = _PARENTHETICAL.sub(" ", gap)
         if _TIGHT_AFTER.match(bare):
@@ -309,13 +321,14 @@ def _cost(lowered: str, hit: _CueHit, candidate: _Candidate) -> int | None:
         return 40 + len(bare) if strong and connected else None
     if candidate.end <= hit.start:
         gap = lowered[candidate.end : hit.start]
-        if _refused_by_context(lowered, candidate, 0) or len(gap) > _MAX_DISTANCE_BEFORE:
+        if _refused_by_context(lowered, candidate, 0, memo) or len(gap) > _MAX_DISTANCE_BEFORE:
             return None
         if re.search(r"\d", gap):
             return None
         if hit.cue.code_before_only:
             return 3 if not gap.strip() else None
-        if _LEADS_MESSAGE.match(lowered[: candidate.start]) and re.match(r"\s*[,，]", gap):
+        leads = candidate.start <= 24 and _LEADS_MESSAGE.match(lowered[: candidate.start])
+        if leads and re.match(r"\s*[,，]", gap):
             # "【支付宝】817839，支付宝验证码": the code opens the message, its name follows.
             rest = gap.lstrip()[1:]
             named = len(rest.strip()) <= 12 and not _SENTENCE_BREAK.search(rest)
@@ -338,28 +351,32 @@ def recognise_otp(text: str) -> OtpMatch | None:
     """The one-time code this message carries, or None when it carries none."""
     folded, lowered = _normalise(text)
     hits = _cue_hits(lowered)
-    if not hits:
-        return None
+    first_hit = next(hits, None)
+    if first_hit is None:
+        return None  # most messages: no cue, no need to look at numbers
     candidates = sorted(
         _numeric_candidates(folded) + _alphanumeric_candidates(folded, lowered),
         key=lambda c: c.start,
     )
     starts = [c.start for c in candidates]
+    memo: dict[tuple[int, int], bool] = {}
     best: tuple[int, int, _CueHit, _Candidate] | None = None
-    for hit in hits:
+    for hit in itertools.chain([first_hit], hits):
         # Only candidates near the cue can be its code; looking no further keeps long texts fast.
         low = bisect.bisect_left(starts, hit.start - _MAX_DISTANCE_BEFORE - _MAX_CODE_WIDTH)
         high = bisect.bisect_right(starts, hit.end + _MAX_DISTANCE_AFTER)
         for candidate in candidates[low:high]:
             if candidate.start < hit.end and candidate.end > hit.start:
                 continue
-            cost = _cost(lowered, hit, candidate)
+            cost = _cost(lowered, hit, candidate, memo)
             if cost is None:
                 continue
             # Numbers before alphanumerics at equal cost: "ID" words are rarely codes.
             key = (cost, int(candidate.alphanumeric))
             if best is None or key < (best[0], best[1]):
                 best = (key[0], key[1], hit, candidate)
+        if best is not None and best[:2] == (0, 0):
+            break  # a number right after its cue: nothing can be closer
     if best is None:
         return None
     _, _, hit, candidate = best

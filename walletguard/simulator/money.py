@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from walletguard.simulator.actions import (
     read_code,
     with_step_up,
 )
-from walletguard.simulator.world import World
+from walletguard.simulator.world import CaseRef, World
 from walletguard.wallet.models import LedgerAccount, WalletState
 
 # -- the world's bookkeeping ----------------------------------------------------------------------
@@ -244,27 +245,35 @@ def do_set_limit(ctx: Ctx) -> Outcome:
 
 def do_set_alert(ctx: Ctx) -> Outcome:
     channel = str(ctx.extra.get("channel", ""))
-    if not channel:
-        raise StepStopped(Outcome("failed", [], "`channel` is required"))
+    if channel not in {"in_app", "sms", "email", "webhook"}:
+        raise StepStopped(Outcome("failed", [], "`channel` is in_app, sms, email or webhook"))
     enabled = bool(ctx.extra.get("enabled", True))
-    body: dict[str, Any] = {"channel": channel, "enabled": enabled}
-    for field in ("address", "url"):
-        if ctx.extra.get(field) is not None:
-            body[field] = str(ctx.extra[field])
+    target = ctx.extra.get("address") if channel == "email" else ctx.extra.get("url")
+    if target is not None and channel in {"email", "webhook"}:
+        field = "address" if channel == "email" else "url"
+        with_step_up(
+            ctx,
+            "disable_alert_channel",
+            lambda: ctx.call(
+                "PUT", f"/api/v1/me/alert-channels/{channel}", json={field: str(target)}
+            ),
+            f"set {channel} address",
+        )
     result = with_step_up(
         ctx,
         "disable_alert_channel",
-        lambda: ctx.call("PUT", "/api/v1/me/alert-channels", json=body),
+        lambda: ctx.call("PUT", "/api/v1/me/alert-channels", json={channel: enabled}),
         "set alert channel",
     )
-    pending = [c for c in result.get("channels", []) if c.get("pending_off_at")]
-    if not enabled and pending:
+    change = next((c for c in result.get("changes", []) if c["channel"] == channel), None)
+    if change is not None and change["outcome"].endswith("_pending"):
         return Outcome(
             "held",
             ["security_alerts"],
-            f"{channel} goes off at {pending[0]['pending_off_at']}; the change was announced",
+            f"{channel} goes off at {change['effective_at']}; the change was announced",
         )
-    return Outcome("ok", [], f"alert channel {channel} {'on' if enabled else 'off'}")
+    outcome = change["outcome"] if change else "unchanged"
+    return Outcome("ok", [], f"alert channel {channel}: {outcome}")
 
 
 def do_pay(ctx: Ctx) -> Outcome:
@@ -316,19 +325,74 @@ def do_freeze(ctx: Ctx) -> Outcome:
 
 
 def do_report_incident(ctx: Ctx) -> Outcome:
-    """ "I have been robbed / lost my phone": close every transaction function, stop sync and
-    end every session but this one. (The incident desk's case and evidence build on this.)"""
-    state = expect_ok(
-        ctx.call("POST", "/api/v1/wallet/close", json={"reason": "incident"}),
-        "close transactions",
+    """ "I have been robbed / lost my phone": one action freezes payments, every card (here and
+    at the bank), sync and every other session, and opens a case at the incident desk."""
+    body: dict[str, Any] = {"kind": str(ctx.extra.get("kind", "robbed"))}
+    if ctx.extra.get("lost_control_at") is not None:
+        body["lost_control_at"] = str(ctx.extra["lost_control_at"])
+    reported = expect_ok(ctx.call("POST", "/api/v1/incidents", json=body), "report incident")
+    ctx.world.cases[ctx.owner] = CaseRef(
+        case_id=str(reported["case_id"]), reporter=(ctx.actor, ctx.device)
     )
-    revoked = expect_ok(ctx.call("POST", "/api/v1/sessions/revoke-others"), "end other sessions")
-    count = revoked.get("revoked", "all") if isinstance(revoked, dict) else "all"
+    case = expect_ok(ctx.call("GET", f"/api/v1/incidents/{reported['case_id']}"), "case")
+    by_card = ", ".join(
+        f"{line['card_last4'] or 'balance'} {line['amount']}" for line in case["loss"]["by_card"]
+    )
     return Outcome(
         "ok",
         ["freeze"],
-        f"transactions closed at {state['closed_at']}; other sessions ended ({count})",
+        f"case {reported['reference']} opened; frozen at {reported['frozen_at']}; "
+        f"{reported['cards_blocked']} cards blocked; loss {case['loss']['total']}"
+        + (f" ({by_card})" if by_card else ""),
     )
+
+
+def case_reports(world: World) -> dict[str, dict[str, Any]]:
+    """Each reported case as its holder sees it: id, reference and loss per card and in total."""
+    found: dict[str, dict[str, Any]] = {}
+    for owner, ref in world.cases.items():
+        actor, device = ref.reporter
+        login = world.sessions.get((owner, actor, device))
+        if login is None:
+            continue
+        response = world.client(actor, device).get(
+            f"/api/v1/incidents/{ref.case_id}",
+            headers={"authorization": f"Bearer {login.token}"},
+        )
+        if response.status_code != 200:
+            continue
+        case = response.json()
+        found[owner] = {
+            "case_id": ref.case_id,
+            "reference": case.get("reference"),
+            "loss": case["loss"]["total"],
+            "loss_by_card": {
+                line["card_last4"] or "balance": line["amount"] for line in case["loss"]["by_card"]
+            },
+        }
+    return found
+
+
+def export_evidence(world: World, folder: Path) -> list[Path]:
+    """Download the evidence package of every case the run opened into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for owner, ref in world.cases.items():
+        actor, device = ref.reporter
+        login = world.sessions.get((owner, actor, device))
+        if login is None:
+            continue
+        response = world.client(actor, device).get(
+            f"/api/v1/incidents/{ref.case_id}/evidence.zip",
+            headers={"authorization": f"Bearer {login.token}"},
+        )
+        if response.status_code != 200:
+            continue
+        profile = world.container.settings.profile
+        path = folder / f"{world.scenario.name}-{profile}-{owner}-evidence.zip"
+        path.write_bytes(response.content)
+        written.append(path)
+    return written
 
 
 ACTIONS: dict[str, Callable[[Ctx], Outcome]] = {

@@ -74,6 +74,20 @@ def print_run(console: Console, report: RunReport) -> None:
     )
     for actor, at in report.frozen_at.items():
         console.print(f"{actor}'s transactions closed at {at}", highlight=False, markup=False)
+    for actor, case in report.cases.items():
+        by_card = ", ".join(f"{card} {amount}" for card, amount in case["loss_by_card"].items())
+        console.print(
+            f"{actor}'s case {case['reference']} ({case['case_id']}): loss {case['loss']}"
+            + (f" = {by_card}" if by_card else ""),
+            highlight=False,
+            markup=False,
+        )
+    for path in report.evidence:
+        console.print(
+            f"evidence package: {path}  (check it: walletguard evidence verify {path})",
+            highlight=False,
+            markup=False,
+        )
 
 
 def print_ablation(console: Console, ablation: Ablation) -> None:
@@ -85,7 +99,7 @@ def print_ablation(console: Console, ablation: Ablation) -> None:
         markup=False,
     )
     table = Table(title="one control at a time")
-    table.add_column("control")
+    table.add_column("control", no_wrap=True)
     table.add_column("loss with it off alone", justify="right")
     table.add_column("loss with it on alone", justify="right")
     table.add_column("stops the attack alone")

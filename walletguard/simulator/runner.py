@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from walletguard.kit.controls import PROFILES
@@ -73,6 +74,8 @@ class RunReport:
     time_to_detect_s: float | None
     steps: list[StepReport] = field(default_factory=list)
     frozen_at: dict[str, str] = field(default_factory=dict)
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evidence: list[str] = field(default_factory=list)
     expectations_failed: list[str] = field(default_factory=list)
 
     @property
@@ -88,6 +91,9 @@ class RunReport:
             "alerts": self.alerts,
             "time_to_detect_s": self.time_to_detect_s,
             "frozen_at": self.frozen_at,
+            "case_id": {actor: case["case_id"] for actor, case in self.cases.items()},
+            "cases": self.cases,
+            "evidence": self.evidence,
             "steps": [step.as_json() for step in self.steps],
             "expectations_failed": self.expectations_failed,
         }
@@ -100,6 +106,7 @@ def run(
     disabled: Iterable[str] = (),
     on_step: Callable[[StepReport], None] | None = None,
     postgres_admin_url: str | None = None,
+    evidence_dir: Path | None = None,
 ) -> RunReport:
     """Play the scenario once. By default against a fresh SQLite instance; with
     ``postgres_admin_url`` against a fresh PostgreSQL database created on that server."""
@@ -169,7 +176,10 @@ def run(
             else None,
             steps=reports,
             frozen_at=money.frozen_at(world),
+            cases=money.case_reports(world),
         )
+        if evidence_dir is not None:
+            result_report.evidence = [str(p) for p in money.export_evidence(world, evidence_dir)]
         result_report.expectations_failed = _check(scenario, result_report)
         return result_report
     finally:

@@ -5,7 +5,6 @@ phones — which device holds which SIM, which codes each actor can see, which s
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import shutil
 import tempfile
@@ -96,6 +95,12 @@ class Login:
 
 
 @dataclass
+class CaseRef:
+    case_id: str
+    reporter: tuple[str, str]  # (actor, device) that reported: it can read the case
+
+
+@dataclass
 class World:
     scenario: Scenario
     container: Container
@@ -114,6 +119,8 @@ class World:
     knowledge: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     holder_ids: dict[str, uuid.UUID] = field(default_factory=dict)
     recoveries: dict[str, str] = field(default_factory=dict)
+    # account owner -> the incident case a report opened
+    cases: dict[str, CaseRef] = field(default_factory=dict)
     app: Any = None
     postgres_admin_url: str | None = None
 
@@ -195,32 +202,6 @@ class World:
                 self.app, client=(ip, 40000), headers={"user-agent": f"sim/{actor}/{device_id}"}
             )
         return self.clients[key]
-
-    def latest_not_me_token(self, owner: str) -> str | None:
-        """The "this was not me" link of the newest announcement sent to ``owner``.
-
-        Announcements go to the holder's trusted devices and email; the link they carry is the
-        one the announced event recorded, so it is read from there.
-        """
-        from sqlalchemy import select
-
-        from walletguard.audit.models import AuditEntry
-        from walletguard.identity.links import token_of
-
-        holder_id = self.holder_ids.get(owner)
-        if holder_id is None:
-            return None
-        with self.container.sessions() as db:
-            rows = db.scalars(
-                select(AuditEntry)
-                .where(AuditEntry.holder_id == holder_id, AuditEntry.event.like("security.%"))
-                .order_by(AuditEntry.seq.desc())
-            )
-            for row in rows:
-                url = json.loads(row.data).get("not_me_url")
-                if url:
-                    return token_of(str(url))
-        return None
 
     def knows(self, actor: str, owner: str) -> dict[str, Any]:
         """What ``actor`` knows of ``owner``'s secrets (an attacker knows what leaked)."""
