@@ -146,3 +146,33 @@ def test_audit_never_holds_the_phone_number_or_password(
 
 def test_unauthenticated_security_events_is_401(client: TestClient) -> None:
     assert_problem(client.get("/api/v1/me/security-events"), 401, "not-authenticated")
+
+
+def test_concurrent_first_entries_chain_one_after_the_other(container: Container) -> None:
+    """On an empty log there is no head row to lock yet; two first entries must still chain."""
+    import threading
+
+    from walletguard.audit.service import record
+    from walletguard.kit.db import unit_of_work
+
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def first_entry(name: str) -> None:
+        try:
+            with unit_of_work(container.sessions) as db:
+                barrier.wait(timeout=10)
+                record(db, container.clock, f"test.first_{name}")
+        except BaseException as exc:  # reported below, in the test's own thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first_entry, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failures == []
+    with unit_of_work(container.sessions) as db:
+        report = verify(db)
+    assert report.ok, report.problems
+    assert report.entries == 2

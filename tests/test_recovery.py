@@ -269,6 +269,26 @@ def test_payment_password_reset_from_the_trusted_phone_with_an_sms_code(
     }
 
 
+def test_with_a_strong_factor_enrolled_the_trusted_phone_and_sms_are_not_enough(
+    client: TestClient, container: Container
+) -> None:
+    """A phone stolen unlocked is a trusted device that also receives the SMS code."""
+    holder = register(client, container)
+    totp = enrol_totp(client, container, holder)
+    _set_pin(client, holder.auth)
+    step_up(client, container, holder.auth, DEFAULT_PHONE, "reset_payment_password")
+    refused = _reset_pin(client, holder.auth)
+    assert_problem(refused, 403, "step-up-required")
+    assert "totp" in refused.json()["factors"]
+    strong = client.post(
+        "/api/v1/step-up",
+        json={"action": "reset_payment_password", "factor": "totp", "code": totp.code()},
+        headers=holder.auth,
+    )
+    assert strong.status_code == 201, strong.text
+    assert _reset_pin(client, holder.auth).status_code == 204
+
+
 def test_payment_password_reset_is_refused_while_cooling_off(
     client: TestClient, container: Container
 ) -> None:

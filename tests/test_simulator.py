@@ -93,7 +93,13 @@ def test_the_otp_guard_alone_hides_the_codes_from_the_synced_device() -> None:
 
 @pytest.mark.parametrize(
     ("name", "vulnerable_loss"),
-    [("sim-swap.yaml", 3_500_000), ("patient-attacker.yaml", 4_200_000)],
+    [
+        ("sim-swap.yaml", 3_500_000),
+        ("patient-attacker.yaml", 4_200_000),
+        ("lost-unlocked-phone.yaml", 2_750_000),
+        ("not-me.yaml", 0),
+        ("new-phone-verified.yaml", 0),
+    ],
 )
 def test_more_scenarios_meet_their_expectations(name: str, vulnerable_loss: int) -> None:
     vulnerable = play(SCENARIOS / name, "vulnerable")

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from walletguard.audit.models import AuditEntry, AuditHead
@@ -54,6 +56,28 @@ def entry_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+def _locked_head(session: Session) -> AuditHead:
+    """The chain's tip, locked until the caller's transaction ends.
+
+    On an empty log the head row does not exist yet, and ``FOR UPDATE`` locks nothing: two
+    first entries would both become #1. So the row is created with ``ON CONFLICT DO NOTHING``
+    first — a concurrent creator waits on the primary key until the other commits — and only
+    then locked.
+    """
+    locked = select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+    head = session.execute(locked).scalar_one_or_none()
+    if head is not None:
+        return head
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(AuditHead)
+        .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+        .on_conflict_do_nothing(index_elements=[AuditHead.id])
+    )
+    return session.execute(locked).scalar_one()
+
+
 def record(
     session: Session,
     clock: Clock,
@@ -65,12 +89,7 @@ def record(
     data: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one entry in the caller's transaction; it commits or rolls back with it."""
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-    ).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
-        session.add(head)
+    head = _locked_head(session)
     at = clock.now()
     payload = canonical_json(dict(data or {}))
     seq = head.seq + 1

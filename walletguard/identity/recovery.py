@@ -304,7 +304,13 @@ class RecoveryService:
     # -- forgotten payment password ------------------------------------------------------
 
     def reset_payment_password(self, principal: Principal, pin: str) -> None:
-        """SMS code, plus another factor or a trusted device; SMS alone only when unrestricted."""
+        """SMS code plus a strong factor when one is enrolled, else plus a trusted device;
+        SMS alone only when unrestricted.
+
+        A trusted device is not enough once the holder has a passkey, an authenticator app or
+        recovery codes: a phone stolen unlocked is a trusted device that also receives the SMS,
+        so the SMS and the device would be one proof, in the thief's hand. The fingerprint is not.
+        """
         action = SensitiveAction.RESET_PAYMENT_PASSWORD
         require_past_cooling_off(self.db, self.env, principal, action)
         holder = self.identity._holder(principal.holder_id)
@@ -312,10 +318,11 @@ class RecoveryService:
         controls = self.settings.controls
         strong = frozenset(f.value for f in STRONG_FACTORS)
         if controls.sms_restricted:
+            enrolled = [f.value for f in enrolled_factors(self.db, principal.holder_id)]
             trusted_device = state_of(self.db, self.env, principal) == DeviceState.TRUSTED
-            if not trusted_device and not self.mfa.spend_grant(principal, action, strong):
-                factors = [f.value for f in enrolled_factors(self.db, principal.holder_id)]
-                raise StepUpRequired(action, factors)
+            device_suffices = trusted_device and not enrolled
+            if not device_suffices and not self.mfa.spend_grant(principal, action, strong):
+                raise StepUpRequired(action, enrolled)
         # The SMS code to the bound phone is the reset itself, whatever the profile.
         if (
             consume_grant(self.db, self.env, principal, action, frozenset({Factor.SMS.value}))

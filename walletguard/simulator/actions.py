@@ -117,11 +117,19 @@ class Ctx:
         return self.step.extra
 
     @property
+    def device_holder(self) -> str:
+        """Whose device this is in the scenario file: the actor's own, or — a stolen or
+        borrowed phone — the account owner's, used together with the session open on it."""
+        if any(d.id == self.device for d in self.world.actor(self.actor).devices):
+            return self.actor
+        return self.owner
+
+    @property
     def http(self) -> httpx.Client:
-        return self.world.client(self.actor, self.device)
+        return self.world.client(self.device_holder, self.device)
 
     def session(self) -> Login:
-        login = self.world.sessions.get((self.owner, self.actor, self.device))
+        login = self.world.sessions.get((self.owner, self.device_holder, self.device))
         if login is None:
             raise StepStopped(
                 Outcome("failed", [], f"{self.actor} is not signed in on {self.device}")
@@ -166,7 +174,7 @@ def read_code(ctx: Ctx, phone: str) -> str:
         raise StepStopped(Outcome("failed", [], "no code among the synced messages"))
     if source == "sim_sms":
         holder = ctx.world.sim_holder.get(phone)
-        if holder != (ctx.actor, ctx.device):
+        if holder != (ctx.device_holder, ctx.device):
             raise StepStopped(
                 Outcome("failed", [], f"{ctx.device} does not hold the SIM the code was sent to")
             )
@@ -241,7 +249,7 @@ def with_step_up(ctx: Ctx, action: str, send: Callable[[], httpx.Response], what
 
 
 def _remember_login(ctx: Ctx, issued: dict[str, Any]) -> None:
-    ctx.world.sessions[(ctx.owner, ctx.actor, ctx.device)] = Login(
+    ctx.world.sessions[(ctx.owner, ctx.device_holder, ctx.device)] = Login(
         token=issued["session_token"], device_id=uuid.UUID(issued["device_id"])
     )
     if issued.get("device_token"):
@@ -252,7 +260,7 @@ def _remember_login(ctx: Ctx, issued: dict[str, Any]) -> None:
 def _claim_sim_if_held(ctx: Ctx) -> None:
     """A device holding the account's SIM proves it (the code arrives on that very phone)."""
     phone = ctx.world.phone_of(ctx.owner)
-    if ctx.world.sim_holder.get(phone) != (ctx.actor, ctx.device):
+    if ctx.world.sim_holder.get(phone) != (ctx.device_holder, ctx.device):
         return
     if ctx.call("POST", "/api/v1/messages/sim-claim").status_code >= 400:
         return
@@ -286,7 +294,7 @@ def do_register(ctx: Ctx) -> Outcome:
         "password": spec.password,
         "device": {
             "id": ctx.device,
-            "label": ctx.world.device(ctx.actor, ctx.device).label or ctx.device,
+            "label": ctx.world.device(ctx.device_holder, ctx.device).label or ctx.device,
         },
     }
     if spec.id_number:
@@ -367,7 +375,7 @@ def do_login(ctx: Ctx) -> Outcome:
         "password": password,
         "device": {
             "id": ctx.device,
-            "label": ctx.world.device(ctx.actor, ctx.device).label or ctx.device,
+            "label": ctx.world.device(ctx.device_holder, ctx.device).label or ctx.device,
         },
     }
     token = ctx.world.device_tokens.get((ctx.owner, ctx.device))
@@ -485,7 +493,7 @@ def do_reset_payment_password(ctx: Ctx) -> Outcome:
 def do_sim_swap(ctx: Ctx) -> Outcome:
     phone = ctx.world.phone_of(ctx.owner)
     expect_ok(ctx.http.post(f"/api/v1/sandbox/phones/{phone}/sim-swap"), "SIM swap")
-    ctx.world.sim_holder[phone] = (ctx.actor, ctx.device)
+    ctx.world.sim_holder[phone] = (ctx.device_holder, ctx.device)
     return Outcome("ok", [], f"{ctx.owner}'s number now rings on {ctx.actor}'s {ctx.device}")
 
 

@@ -332,7 +332,7 @@ def do_report_incident(ctx: Ctx) -> Outcome:
         body["lost_control_at"] = str(ctx.extra["lost_control_at"])
     reported = expect_ok(ctx.call("POST", "/api/v1/incidents", json=body), "report incident")
     ctx.world.cases[ctx.owner] = CaseRef(
-        case_id=str(reported["case_id"]), reporter=(ctx.actor, ctx.device)
+        case_id=str(reported["case_id"]), reporter=(ctx.device_holder, ctx.device)
     )
     case = expect_ok(ctx.call("GET", f"/api/v1/incidents/{reported['case_id']}"), "case")
     by_card = ", ".join(

@@ -190,7 +190,11 @@ class Scenario(Strict):
             actor = self.actors.get(step.actor)
             if actor is None:
                 raise ValueError(f"{where}: unknown actor {step.actor!r}")
-            if step.device not in {d.id for d in actor.devices}:
+            usable = {d.id for d in actor.devices}
+            if step.as_ is not None and step.as_ in self.actors:
+                # Acting as someone, an actor can also hold that person's own (stolen) phone.
+                usable |= {d.id for d in self.actors[step.as_].devices}
+            if step.device not in usable:
                 raise ValueError(f"{where}: {step.actor} has no device {step.device!r}")
             if step.as_ is not None and step.as_ not in self.actors:
                 raise ValueError(f"{where}: unknown actor {step.as_!r} in `as`")
