@@ -22,6 +22,10 @@ password, bind a sandbox card, top up with the bank's dynamic password read from
 phone inbox) with the server's own Argon2id parameters, so the stored hashes are the ones a
 payment really verifies. ``--cheap-argon2`` (m=8 MiB, t=1) is a what-if for the cost of the
 rest of the path; it is NOT the specified figure and the output says so.
+
+Beside each closed-loop line the server processes' CPU time per request is printed (from
+/proc; PostgreSQL's own CPU is not in it): unlike req/s it hardly moves when other work shares
+the machine, whose busy share is sampled before and after the runs and printed too.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
 
 from walletguard.bank.service import sandbox_bank
@@ -82,6 +86,10 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
 
 
 def _luhn_card(serial: int, prefix: str = "622202", length: int = 19) -> str:
@@ -494,7 +502,9 @@ def main() -> None:
     if admin_url.host not in LOOPBACK:
         raise SystemExit("this benchmark only talks to a database on the loopback address")
 
-    # SIGTERM ends the run like Ctrl-C: through the finally blocks below.
+    # Ctrl-C (even when started in the background, where it is inherited as ignored) and
+    # SIGTERM end the run through the finally blocks below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     children = Children()
     workdir = Path(tempfile.mkdtemp(prefix="wg-bench-payments-"))
@@ -503,6 +513,7 @@ def main() -> None:
             run(args, children, workdir, database_url)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the servers and dropping the database", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         children.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -552,6 +563,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
 
     app = ["walletguard.app:create_app", "--factory"]
     with server(children, app, env, args.workers) as target:
+        _progress(f"preparing {args.holders} holders through the API")
         started = time.perf_counter()
         # The first holder alone: on an empty database the audit chain's head row does not
         # exist yet, and two first entries written at once collide on it.
@@ -568,6 +580,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         def pay_lines(count: int) -> list[str]:
             return payment_requests(holders, count, args.merchants)
 
+        _progress("payments: warm-up, then closed loop")
         pay_warmup, pay_closed = closed_loop(
             children,
             target,
@@ -578,6 +591,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             warmup=args.warmup,
         )
         half = pay_closed.rps / 2
+        _progress(f"payments: open loop at {half:.1f} req/s")
         pay_open = open_loop(
             children,
             target,
@@ -617,6 +631,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         def bare_lines(count: int) -> list[str]:
             return bare_requests(count, args.merchants)
 
+        _progress("bare endpoint: warm-up, then closed loop")
         _, bare_closed = closed_loop(
             children,
             target,
@@ -626,6 +641,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             concurrency=args.concurrency,
             warmup=args.warmup,
         )
+        _progress(f"bare endpoint: open loop at {half:.1f} req/s")
         bare_open = open_loop(
             children,
             target,
@@ -659,10 +675,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")
     if ledger.returncode != 0:
         print(ledger.stderr.strip(), file=sys.stderr)
+    if ledger.returncode != 0 or posted != answered:
         raise SystemExit(1)
 
 
-def _server_version(engine: Any) -> str:
+def _server_version(engine: Engine) -> str:
     with engine.connect() as conn:
         return str(conn.execute(text("SHOW server_version")).scalar_one())
 
