@@ -22,6 +22,7 @@ from walletguard.bootstrap import build_container
 from walletguard.identity.service import DeviceInfo, IdentityService
 from walletguard.kit.db import unit_of_work
 from walletguard.kit.settings import Settings
+from walletguard.messages.otp_guard import recognise_otp
 from walletguard.messages.service import PhoneInbox
 from walletguard.migrations import upgrade
 
@@ -62,7 +63,9 @@ def main() -> None:
         identity = IdentityService(db, container)
         pending = identity.start_registration(PHONE, ip=None)
         body = PhoneInbox(db, container.cipher, container.clock).messages(PHONE, limit=1)[0].body
-        code = next(part for part in body.split() if part.isdigit() and len(part) == 6)
+        match = recognise_otp(body)
+        assert match is not None, "the registration SMS carries a code"
+        code = match.code
         identity.complete_registration(
             pending.id,
             code=code,
