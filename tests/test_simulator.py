@@ -99,6 +99,7 @@ def test_the_otp_guard_alone_hides_the_codes_from_the_synced_device() -> None:
         ("lost-unlocked-phone.yaml", 2_750_000),
         ("not-me.yaml", 0),
         ("new-phone-verified.yaml", 0),
+        ("leaked-identity-recovery.yaml", 0),
     ],
 )
 def test_more_scenarios_meet_their_expectations(name: str, vulnerable_loss: int) -> None:
@@ -107,6 +108,16 @@ def test_more_scenarios_meet_their_expectations(name: str, vulnerable_loss: int)
     assert vulnerable.total_loss_fen == vulnerable_loss
     assert protected.total_loss_fen == 0
     assert vulnerable.expectations_failed == protected.expectations_failed == []
+
+
+def test_a_recovery_started_with_leaked_identity_data_is_delayed_and_cancelled() -> None:
+    report = play(SCENARIOS / "leaked-identity-recovery.yaml", "protected")
+    by_do = {s.do: s for s in report.steps}
+    assert by_do["start_recovery"].outcome == "held"
+    assert by_do["start_recovery"].controls == ["recovery_delay"]
+    assert by_do["cancel_recovery"].outcome == "ok", by_do["cancel_recovery"].detail
+    assert by_do["login"].outcome == "failed"
+    assert report.alerts["victim"] >= 1
 
 
 def test_a_holder_moving_their_own_money_is_not_a_loss(tmp_path: Path) -> None:

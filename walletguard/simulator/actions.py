@@ -533,7 +533,11 @@ def do_start_recovery(ctx: Ctx) -> Outcome:
         raise StepStopped(Outcome("failed", [], f"{ctx.actor} lacks {ctx.owner}'s identity data"))
     started = expect_ok(ctx.http.post("/api/v1/recovery", json=body), "recovery")
     ctx.world.recoveries[ctx.owner] = started["recovery_id"]
-    return Outcome("held", [], f"recovery completes at {started['completes_at']}")
+    return Outcome(
+        "held",
+        ["recovery_delay"],
+        f"recovery completes at {started['completes_at']}, if not cancelled",
+    )
 
 
 def do_cancel_recovery(ctx: Ctx) -> Outcome:

@@ -347,19 +347,24 @@ def do_report_incident(ctx: Ctx) -> Outcome:
     )
 
 
+def _as_reporter(world: World, owner: str, ref: CaseRef, path: str) -> httpx.Response | None:
+    """GET ``path`` from the device that reported the case, with its session."""
+    actor, device = ref.reporter
+    login = world.sessions.get((owner, actor, device))
+    if login is None:
+        return None
+    response = world.client(actor, device).get(
+        path, headers={"authorization": f"Bearer {login.token}"}
+    )
+    return response if response.status_code == 200 else None
+
+
 def case_reports(world: World) -> dict[str, dict[str, Any]]:
     """Each reported case as its holder sees it: id, reference and loss per card and in total."""
     found: dict[str, dict[str, Any]] = {}
     for owner, ref in world.cases.items():
-        actor, device = ref.reporter
-        login = world.sessions.get((owner, actor, device))
-        if login is None:
-            continue
-        response = world.client(actor, device).get(
-            f"/api/v1/incidents/{ref.case_id}",
-            headers={"authorization": f"Bearer {login.token}"},
-        )
-        if response.status_code != 200:
+        response = _as_reporter(world, owner, ref, f"/api/v1/incidents/{ref.case_id}")
+        if response is None:
             continue
         case = response.json()
         found[owner] = {
@@ -378,15 +383,8 @@ def export_evidence(world: World, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for owner, ref in world.cases.items():
-        actor, device = ref.reporter
-        login = world.sessions.get((owner, actor, device))
-        if login is None:
-            continue
-        response = world.client(actor, device).get(
-            f"/api/v1/incidents/{ref.case_id}/evidence.zip",
-            headers={"authorization": f"Bearer {login.token}"},
-        )
-        if response.status_code != 200:
+        response = _as_reporter(world, owner, ref, f"/api/v1/incidents/{ref.case_id}/evidence.zip")
+        if response is None:
             continue
         profile = world.container.settings.profile
         path = folder / f"{world.scenario.name}-{profile}-{owner}-evidence.zip"
