@@ -32,6 +32,7 @@ from walletguard.bank.sandbox import CARD_NUMBER_CONTEXT
 from walletguard.bootstrap import Container
 from walletguard.cli import app as cli_app
 from walletguard.incidents.evidence import verify_package
+from walletguard.incidents.pdf import cjk_font_file
 from walletguard.kit.settings import Settings
 from walletguard.messages.models import MessageSync
 
@@ -338,6 +339,16 @@ def test_the_pdf_report_reads_in_chinese_with_the_loss_and_card_tails(
     for number in drained.numbers:
         assert number[-4:] in flat
         assert number not in flat
+
+
+@pytest.mark.skipif(cjk_font_file() is None, reason="no TrueType CJK font (fonts-wqy-microhei)")
+def test_the_pdf_embeds_its_chinese_font_so_any_reader_shows_it(
+    client: TestClient, drained: Drained
+) -> None:
+    report = _members(_package(client, drained))["report.pdf"]
+    # An embedded TrueType font program: the glyphs travel with the file.
+    assert b"/FontFile2" in report
+    assert b"STSong-Light" not in report
 
 
 # -- "protected": a trusted second device, sync on, then the report -----------------------------

@@ -1,8 +1,11 @@
 """PDF rendering of the incident report and the letters, with ``reportlab``.
 
-Chinese renders with reportlab's built-in CID font ``STSong-Light`` (Adobe's Asian font pack
-names, no font file to ship or download): PDF readers supply the glyphs, and text extraction
-(``pdftotext``) returns the Chinese text. ``invariant`` output: the same case gives the same bytes.
+Chinese is set in an embedded TrueType CJK font (a subset of it) when one is available —
+``WALLETGUARD_PDF_FONT`` or a usual system font such as WenQuanYi Micro Hei — so the PDF shows
+the same on any reader, including a police or bank clerk's machine without Chinese fonts. Without
+one it falls back to reportlab's built-in CID font ``STSong-Light`` (nothing embedded: text
+extraction works, display needs the reader's CJK fonts). ``invariant`` output: the same case
+gives the same bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
@@ -19,21 +23,41 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from walletguard.incidents.service import CaseView
 from walletguard.kit.i18n import Language, text
 from walletguard.kit.money import format_yuan
+from walletguard.kit.settings import Settings
 from walletguard.wallet.bins import issuer_by_code, mask_card
 from walletguard.wallet.limits import CHINA_TIME
 
 FONT = "STSong-Light"
+EMBEDDED_FONT = "walletguard-cjk"
+SYSTEM_CJK_FONTS = (
+    Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"),
+    Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
+    Path("/usr/share/fonts/truetype/arphic/uming.ttc"),
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+)
 # The timeline in the PDF stops here; the JSON and CSV files carry every entry.
 MAX_TIMELINE_ROWS = 400
 
 
+def cjk_font_file() -> Path | None:
+    """The TrueType CJK font to embed: the configured one, else a usual system font."""
+    configured = Settings().pdf_font
+    candidates = (configured,) if configured is not None else SYSTEM_CJK_FONTS
+    return next((path for path in candidates if path.is_file()), None)
+
+
 @cache
 def _font() -> str:
+    path = cjk_font_file()
+    if path is not None:
+        pdfmetrics.registerFont(TTFont(EMBEDDED_FONT, str(path), subfontIndex=0))
+        return EMBEDDED_FONT
     pdfmetrics.registerFont(UnicodeCIDFont(FONT))
     return FONT
 

@@ -125,6 +125,24 @@ class Settings(BaseSettings):
     # Service-level targets: an incident case and a complaint must be resolved within these.
     incident_sla_hours: int = Field(default=24, ge=1)
     complaint_sla_hours: int = Field(default=360, ge=1)
+    # A TrueType CJK font (.ttf/.ttc with TrueType outlines) embedded in the incident PDFs so they
+    # display anywhere; unset: the first of the usual system fonts found (WenQuanYi, AR PL), else
+    # the non-embedded STSong-Light, which extracts but needs the reader's own CJK fonts to show.
+    pdf_font: Path | None = None
+
+    # Risk engine (SPEC C7). A MaxMind-format .mmdb city database (GeoLite2-City, DB-IP City
+    # Lite); unset: the bundled sandbox table of Chinese ranges (walletguard/risk/data).
+    geoip_database: Path | None = None
+    # The rules file operators edit; unset: the bundled walletguard/risk/data/default_rules.yaml.
+    # Reloaded when its modification time changes, or by POST /api/v1/operator/risk/rules/reload.
+    risk_rules: Path | None = None
+    # Velocity counters: in Redis when set (production, shared by every process), else in the
+    # database (the embedded default).
+    redis_url: SecretStr | None = None
+    # A held movement waits this long for the holder's answer, then expires rejected.
+    risk_hold_minutes: int = Field(default=30, ge=1)
+    # A confirmed hold lets the same movement through once within this long.
+    risk_approval_minutes: int = Field(default=30, ge=1)
 
     @cached_property
     def effective_database_url(self) -> str:
