@@ -19,6 +19,8 @@ from walletguard.kit.errors import PayloadTooLarge, install_problem_handlers, pr
 from walletguard.kit.errors import request_language as _lang
 from walletguard.messages.endpoints import router as messages_router
 from walletguard.messages.endpoints import sandbox_router
+from walletguard.risk.endpoints import operator_router as risk_operator_router
+from walletguard.risk.endpoints import router as risk_router
 from walletguard.wallet.endpoints import router as wallet_router
 
 
@@ -61,6 +63,8 @@ def create_app(container: Container | None = None) -> FastAPI:
     app.include_router(incidents_router)
     app.include_router(operator_router)
     app.include_router(alerts_router)
+    app.include_router(risk_router)
+    app.include_router(risk_operator_router)
     if container.settings.sandbox:
         app.include_router(sandbox_router)
 

@@ -386,7 +386,9 @@ def bank_open_card(
 
 @app.command()
 def simulate(
-    scenario: Annotated[Path, typer.Argument(help="Scenario file (YAML), see docs/scenarios.md.")],
+    scenario: Annotated[
+        Path | None, typer.Argument(help="Scenario file (YAML), see docs/scenarios.md.")
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="protected or vulnerable (default: the scenario's).")
     ] = None,
@@ -401,8 +403,22 @@ def simulate(
         Path | None,
         typer.Option(help="Save the evidence package of every incident case the run opens here."),
     ] = None,
+    population: Annotated[
+        int | None,
+        typer.Option(
+            "--population",
+            help="Instead of a scenario: N benign holders mixed with attack campaigns.",
+        ),
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(help="With --population: how many days they live (default 3).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="With --population: the generator's seed (default 0).")
+    ] = None,
 ) -> None:
-    """Play an attack scenario against a fresh in-process walletguard with a simulated clock."""
+    """Play an attack scenario (or, with --population, many holders and attack campaigns)
+    against a fresh in-process walletguard with a simulated clock."""
     from walletguard.kit.controls import PROFILES
     from walletguard.simulator import report as simulation_report
     from walletguard.simulator.runner import ablate as run_ablation
@@ -411,6 +427,16 @@ def simulate(
 
     if profile is not None and profile not in PROFILES:
         raise CliError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if (scenario is None) == (population is None):
+        raise CliError("give either a SCENARIO file or --population N, not both or neither")
+    if population is not None:
+        if ablate or evidence_dir is not None:
+            raise CliError("--ablate and --evidence-dir play one scenario, not a population")
+        _simulate_population(population, days, seed, profile, as_json)
+        return
+    if days is not None or seed is not None:
+        raise CliError("--days and --seed go with --population")
+    assert scenario is not None
     try:
         loaded = load_scenario(scenario)
     except ScenarioError as exc:
@@ -435,6 +461,26 @@ def simulate(
         err.print(f"walletguard: expectation failed: {failure}", highlight=False, markup=False)
     if result.expectations_failed:
         raise typer.Exit(code=1)
+
+
+def _simulate_population(
+    holders: int, days: int | None, seed: int | None, profile: str | None, as_json: bool
+) -> None:
+    """``simulate --population``: one profile, or both side by side."""
+    from walletguard.simulator import report as simulation_report
+    from walletguard.simulator.population import PopulationSpec, run_population
+
+    try:
+        spec = PopulationSpec(holders, 3 if days is None else days, 0 if seed is None else seed)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    profiles = [profile] if profile else ["vulnerable", "protected"]
+    with simulation_report.population_progress(err, enabled=not as_json) as advance:
+        result = run_population(spec, profiles, on_step=advance)
+    if as_json:
+        out.print_json(data=result.as_json())
+    else:
+        simulation_report.print_population(out, result)
 
 
 evidence_app = typer.Typer(help="Incident evidence packages.", no_args_is_help=True)

@@ -27,6 +27,12 @@ from walletguard.incidents.models import (  # noqa: F401
 from walletguard.kit.db import Base
 from walletguard.kit.ratelimit import AttemptCounter
 from walletguard.messages.models import MessageSync, PhoneMessage, SimBinding, SimSwap
+from walletguard.risk.models import (  # noqa: F401
+    RiskDecision,
+    RiskPayee,
+    RiskScamExposure,
+    RiskVelocityBucket,
+)
 from walletguard.wallet.models import (  # noqa: F401
     Card,
     IdempotencyRecord,

@@ -123,6 +123,11 @@ class BankGateway(Protocol):
         """Pay money into the card (a withdrawal from the wallet, a refund)."""
         ...
 
+    def balance_of(self, number: str) -> int | None:
+        """What the card holds, in fen, when the bank tells (a quick-pay balance enquiry; the
+        risk engine asks whether a payment empties the card); None when it does not."""
+        ...
+
     def block_card(self, *, number: str) -> None:
         """Refuse every further debit of the card (the holder reported it stolen). Idempotent."""
         ...

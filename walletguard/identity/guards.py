@@ -55,6 +55,9 @@ class SensitiveAction(StrEnum):
     DISABLE_ALERT_CHANNEL = "disable_alert_channel"
     ENROL_FACTOR = "enrol_factor"
     REMOVE_FACTOR = "remove_factor"
+    # The risk engine challenged a movement or action (risk-challenge): a strong factor, never
+    # SMS (the code may be read through cloud sync or a swapped SIM), clears it for one request.
+    RISKY_PAYMENT = "risky_payment"
 
 
 class Factor(StrEnum):
@@ -182,6 +185,9 @@ def sms_allowed(
     the holder is at the trusted device.) For a payment-password reset the SMS code is always
     part of the proof; whether it may be the *whole* proof is the reset's own decision.
     """
+    if action == SensitiveAction.RISKY_PAYMENT:
+        # The risk engine's own requirement (control risk_engine), not sms_restricted's.
+        return False
     if not controls.sms_restricted:
         return True
     if action == SensitiveAction.RESET_PAYMENT_PASSWORD:

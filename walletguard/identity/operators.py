@@ -10,7 +10,12 @@ much of it was right. The operator's name is what the audit log records for each
 Why keys and not accounts: the incident desk needs operators now, and a key per person gives
 attribution and revocation (remove the line, restart) without a second login system to secure.
 An operator account system with MFA replaces this module, not its callers: they depend on
-``CurrentOperator`` only.
+``CurrentOperator`` (any operator) or ``require_role(...)`` only.
+
+Roles: ``risk_analyst`` (risk review queue, rules), ``case_worker`` (the incident desk),
+``admin`` (everything). A value may be a token alone — ``{"name": "token"}``, the original form,
+which keeps working and means ``admin`` — or
+``{"name": {"token": "…", "roles": ["risk_analyst"]}}``.
 """
 
 from __future__ import annotations
@@ -19,16 +24,18 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from walletguard.bootstrap import Env
-from walletguard.kit.errors import NotAuthenticated
+from walletguard.kit.errors import NotAuthenticated, WalletguardError
 from walletguard.kit.settings import Settings
 
 MIN_TOKEN_LENGTH = 32
+ROLES = ("risk_analyst", "case_worker", "admin")
 
 log = logging.getLogger("walletguard.operators")
 
@@ -40,6 +47,33 @@ class OperatorTokensInvalid(ValueError):
 @dataclass(frozen=True)
 class Operator:
     name: str
+    roles: frozenset[str] = frozenset({"admin"})
+
+    def has_role(self, *roles: str) -> bool:
+        return "admin" in self.roles or bool(self.roles & set(roles))
+
+
+class OperatorRoleMissing(WalletguardError):
+    status = 403
+    slug = "operator-role-missing"
+    title_key = "error.operator_role_missing"
+
+    def __init__(self, roles: tuple[str, ...]) -> None:
+        super().__init__("error.operator_role_missing.detail", extensions={"roles": list(roles)})
+
+
+def operator_roles(settings: Settings) -> dict[str, frozenset[str]]:
+    """Operator name -> roles (a token given alone, the original form, means admin)."""
+    if settings.operator_tokens is None:
+        return {}
+    parsed = json.loads(settings.operator_tokens.get_secret_value())
+    roles: dict[str, frozenset[str]] = {}
+    for name, value in parsed.items():
+        if isinstance(value, dict):
+            roles[name.strip()] = frozenset(value.get("roles") or ())
+        else:
+            roles[name.strip()] = frozenset({"admin"})
+    return roles
 
 
 def operator_digests(settings: Settings) -> dict[str, bytes]:
@@ -54,9 +88,17 @@ def operator_digests(settings: Settings) -> dict[str, bytes]:
     if not isinstance(parsed, dict):
         raise OperatorTokensInvalid("WALLETGUARD_OPERATOR_TOKENS must be a JSON object")
     digests: dict[str, bytes] = {}
-    for name, token in parsed.items():
+    for name, value in parsed.items():
         if not isinstance(name, str) or not name.strip() or len(name) > 64:
             raise OperatorTokensInvalid("operator names are 1 to 64 characters")
+        token = value
+        if isinstance(value, dict):
+            token = value.get("token")
+            roles = value.get("roles")
+            if not isinstance(roles, list) or not roles or any(role not in ROLES for role in roles):
+                raise OperatorTokensInvalid(
+                    f"operator {name!r}: roles is a non-empty list of {', '.join(ROLES)}"
+                )
         if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
             raise OperatorTokensInvalid(
                 f"operator {name!r}: a token must be at least {MIN_TOKEN_LENGTH} characters"
@@ -77,7 +119,9 @@ def operator_for_token(settings: Settings, token: str) -> Operator | None:
     for name, digest in digests.items():
         if hmac.compare_digest(given, digest) and found is None:
             found = name
-    return Operator(found) if found is not None else None
+    if found is None:
+        return None
+    return Operator(found, operator_roles(settings).get(found, frozenset()))
 
 
 def current_operator(request: Request, env: Env) -> Operator:
@@ -92,3 +136,14 @@ def current_operator(request: Request, env: Env) -> Operator:
 
 
 CurrentOperator = Annotated[Operator, Depends(current_operator)]
+
+
+def require_role(*roles: str) -> Callable[[Operator], Operator]:
+    """A dependency: the calling operator, who must hold one of ``roles`` (or admin)."""
+
+    def dependency(operator: CurrentOperator) -> Operator:
+        if not operator.has_role(*roles):
+            raise OperatorRoleMissing(roles)
+        return operator
+
+    return dependency

@@ -315,6 +315,10 @@ class RecoveryService:
         require_past_cooling_off(self.db, self.env, principal, action)
         holder = self.identity._holder(principal.holder_id)
         self.identity.check_new_pin(holder, pin)
+        # The risk engine before any grant is spent: a refusal it keeps must not spend them.
+        from walletguard.risk.service import ask_about_sensitive_action
+
+        ask_about_sensitive_action(self.db, self.env, principal, action)
         controls = self.settings.controls
         strong = frozenset(f.value for f in STRONG_FACTORS)
         if controls.sms_restricted:

@@ -396,7 +396,23 @@ class IdentityService:
         if self.env.hasher.check_needs_rehash(holder.password_hash):
             holder.password_hash = self.env.hasher.hash(password)
             audit.record(self.db, self.clock, "password.rehashed", holder_id=holder.id)
-        return self._issue_session(holder, device, trust="new", known_device=known)
+        issued = self._issue_session(holder, device, trust="new", known_device=known)
+        if self.settings.controls.risk_engine:
+            # A risky sign-in is let in but its decision marks the session: the risk engine
+            # challenges that session's payments and sensitive actions (rule flagged-session).
+            from walletguard.risk.service import RiskEvent, RiskService
+
+            RiskService(self.db, self.env).decide(
+                RiskEvent(
+                    kind="login",
+                    holder_id=holder.id,
+                    action="login",
+                    device_id=issued.device_id,
+                    session_id=issued.session_id,
+                    ip=device.ip,
+                )
+            )
+        return issued
 
     def _issue_session(
         self, holder: Holder, info: DeviceInfo, *, trust: str, known_device: Device | None

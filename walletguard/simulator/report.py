@@ -6,10 +6,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from walletguard.kit.money import format_yuan
+from walletguard.simulator.population import PopulationReport
 from walletguard.simulator.runner import Ablation, RunReport
 
 OUTCOME_STYLES = {
@@ -120,3 +130,84 @@ def print_ablation(console: Console, ablation: Ablation) -> None:
         highlight=False,
         markup=False,
     )
+
+
+@contextmanager
+def population_progress(
+    console: Console, *, enabled: bool
+) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield ``advance(profile, done, total)``; shows a bar per profile with steps and ETA."""
+    if not enabled:
+        yield lambda _profile, _done, _total: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(profile: str, done: int, total: int) -> None:
+            if profile not in tasks:
+                tasks[profile] = bar.add_task(f"population, {profile}", total=total)
+            bar.update(tasks[profile], completed=done)
+
+        yield advance
+
+
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"
+
+
+def print_population(console: Console, report: PopulationReport) -> None:
+    spec = report.spec
+    console.print(
+        f"population: {spec.holders} holders, {spec.days} days, seed {spec.seed}, "
+        f"{report.campaigns} attack campaigns from the scenario library",
+        highlight=False,
+        markup=False,
+    )
+    profiles = list(report.results)
+    table = Table(title="protection against friction")
+    table.add_column("", no_wrap=True)
+    for name in profiles:
+        table.add_column(name, justify="right")
+    results = [report.results[name] for name in profiles]
+
+    def row(label: str, values: list[str]) -> None:
+        table.add_row(label, *values)
+
+    row("actions played", [str(r.actions) for r in results])
+    row("money attacked (yuan)", [format_yuan(r.attacked_fen) for r in results])
+    row("money lost (yuan)", [format_yuan(r.lost_fen) for r in results])
+    row("attack money stopped", [_share(r.stopped_share) for r in results])
+    row("legitimate actions", [str(r.legitimate_total) for r in results])
+    for outcome in ("challenged", "held", "blocked", "failed"):
+        row(
+            f"  {outcome}",
+            [f"{_share(r.share(outcome))} ({r.legitimate[outcome]})" for r in results],
+        )
+    row("wall time (s)", [f"{r.seconds:.1f}" for r in results])
+    console.print(table)
+    for result in results:
+        bothered = {
+            kind: counts
+            for kind, counts in sorted(result.legitimate_by_kind.items())
+            if sum(counts.values()) != counts["ok"]
+        }
+        if not bothered:
+            continue
+        detail = Table(title=f"legitimate actions not ok — {result.profile}")
+        detail.add_column("life event: action", no_wrap=True)
+        for outcome in ("ok", "challenged", "held", "blocked", "failed"):
+            detail.add_column(outcome, justify="right")
+        for kind, counts in bothered.items():
+            detail.add_row(
+                kind, *(str(counts[o]) for o in ("ok", "challenged", "held", "blocked", "failed"))
+            )
+        console.print(detail)

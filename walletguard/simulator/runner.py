@@ -118,6 +118,7 @@ def run(
         loss = {name: 0 for name in scenario.actors}
         first_attack: datetime | None = None
         reports: list[StepReport] = []
+        placed: dict[tuple[str, str], str] = {}
         for index, step in enumerate(scenario.steps, start=1):
             do = step.do or "wait"
             if step.wait is not None or do == "wait":
@@ -139,6 +140,7 @@ def run(
                 attacking = step.actor != owner
                 if attacking and first_attack is None:
                     first_attack = world.clock.now()
+                _place_device(ctx, placed)
                 before = money.holdings_fen(world, owner)
                 try:
                     result = ACTIONS[do](ctx)
@@ -184,6 +186,29 @@ def run(
         return result_report
     finally:
         world.close()
+
+
+def _place_device(ctx: Ctx, placed: dict[tuple[str, str], str]) -> None:
+    """A step's optional ``ip`` moves the device there (travel); it stays until moved again."""
+    ip = ctx.extra.get("ip")
+    if ip is None:
+        return
+    key = (ctx.device_holder, ctx.device)
+    if placed.get(key, ctx.world.device(*key).ip) == str(ip):
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    previous = ctx.world.clients.pop(key, None)
+    if previous is not None:
+        previous.close()
+    ctx.world.clients[key] = TestClient(
+        ctx.world.app, client=(str(ip), 40000), headers={"user-agent": f"sim/{key[0]}/{key[1]}"}
+    )
+    placed[key] = str(ip)
 
 
 def _is_holder(scenario: Scenario, name: str) -> bool:

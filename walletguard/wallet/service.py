@@ -11,11 +11,11 @@ Every movement follows the same order, and the order is the point:
    the first to finish and then gets its response;
 5. the holder's wallet-state row is locked (one holder's movements queue), the kill switch is
    checked again under the lock, expired holds are voided, the limits are checked;
-6. the risk engine is asked (a seam: "allow" until it exists);
+6. the risk engine is asked (``walletguard.risk``: it may challenge, hold, block or freeze);
 7. the ledger moves the money with conditional UPDATEs, and the audit log records it.
 
 Seams left for other capabilities are marked ``SEAM``: device cooling-off and step-up (identity's
-MFA), and the risk decision (risk engine).
+MFA).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from walletguard.kit.errors import (
 )
 from walletguard.kit.i18n import text
 from walletguard.kit.ratelimit import AttemptCounters
+from walletguard.risk.service import RiskEvent, RiskService
 from walletguard.wallet import repository
 from walletguard.wallet.bins import InvalidCardNumber, validate_card_number
 from walletguard.wallet.ledger import (
@@ -369,11 +370,54 @@ class WalletService:
         (``guards.cooling_off_daily_cap_fen``) and the post-recovery payment hold go here."""
 
     def _risk_decision(
-        self, principal: Principal, kind: str, amount_fen: int, card: Card | None, payee: str | None
+        self,
+        principal: Principal,
+        kind: str,
+        amount_fen: int,
+        card: Card | None,
+        payee: str | None,
+        *,
+        payee_label: str | None = None,
+        source: str = "balance",
     ) -> str:
-        """SEAM (risk engine): ask "may this movement happen?" before it is written. Until the
-        risk engine exists every movement is allowed; the decision is stored on the movement."""
-        return "allow"
+        """Ask the risk engine "may this movement happen?" before it is written (control
+        ``risk_engine``). A refusal raises its problem (``risk-challenge``, ``risk-hold``,
+        ``risk-blocked``, ``account-frozen`` — the last after closing every transaction
+        function here); the decision is stored on the movement."""
+        risk = RiskService(self.db, self.env)
+        if not risk.enabled:
+            return "allow"
+        if source == "card" and card is not None:
+            balance = self.bank.balance_of(self._card_number(card))
+        else:
+            account = self.ledger.find_holder_account(principal.holder_id)
+            balance = account.balance_fen - account.pending_fen if account else 0
+        event = RiskEvent(
+            kind="movement",
+            holder_id=principal.holder_id,
+            action=kind,
+            device_id=principal.device_id,
+            session_id=principal.session_id,
+            ip=principal.ip,
+            amount_fen=amount_fen,
+            payee=payee,
+            payee_label=payee_label if payee_label is not None else payee,
+            card_id=card.id if card else None,
+            card_last4=card.last4 if card else None,
+            source_balance_fen=balance,
+        )
+        decision = risk.decide(event)
+        risk.enforce(
+            decision,
+            principal,
+            freeze_payments=lambda: self.close_all_transactions(
+                principal.holder_id,
+                reason="risk_engine",
+                device_id=principal.device_id,
+                ip=principal.ip,
+            ),
+        )
+        return "allow" if decision.outcome == "allow" else "stepped_up"
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -865,7 +909,7 @@ class WalletService:
         self._lock_for_movement(principal.holder_id)
         self.limits.check(principal.holder_id, TOP_UP, amount_fen, debited_card=card.id)
         self._guard_movement(principal, TOP_UP, amount_fen)
-        risk = self._risk_decision(principal, TOP_UP, amount_fen, card, None)
+        risk = self._risk_decision(principal, TOP_UP, amount_fen, card, None, source="card")
         txn = self._new_movement(
             principal,
             kind=TOP_UP,
@@ -948,7 +992,9 @@ class WalletService:
             principal.holder_id, PAYMENT, amount_fen, debited_card=card.id if card else None
         )
         self._guard_movement(principal, PAYMENT, amount_fen)
-        risk = self._risk_decision(principal, PAYMENT, amount_fen, card, merchant)
+        risk = self._risk_decision(
+            principal, PAYMENT, amount_fen, card, merchant, source="card" if card else "balance"
+        )
         txn = self._new_movement(
             principal,
             kind=PAYMENT,
@@ -1016,7 +1062,15 @@ class WalletService:
             principal.holder_id, TRANSFER, amount_fen, debited_card=card.id if card else None
         )
         self._guard_movement(principal, TRANSFER, amount_fen)
-        risk = self._risk_decision(principal, TRANSFER, amount_fen, card, payee)
+        risk = self._risk_decision(
+            principal,
+            TRANSFER,
+            amount_fen,
+            card,
+            recipient_phone,
+            payee_label=payee,
+            source="card" if card else "balance",
+        )
         txn = self._new_movement(
             principal,
             kind=TRANSFER,

@@ -1,0 +1,352 @@
+"""Signals: what the risk engine knows about one event, computed with a few indexed reads.
+
+Every signal is a number, a truth value or a short word (never personal data), so a decision can
+store them as its evidence. Times since something are in hours (``NEVER_H`` when it never
+happened); the names are the rule vocabulary (``walletguard.risk.rules.SIGNALS``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
+
+from walletguard.bootstrap import Container
+from walletguard.identity.guards import device_state
+from walletguard.identity.models import Device
+from walletguard.identity.service import IdentityService
+from walletguard.risk import repository
+from walletguard.risk.geo import GeoLocator, Place, distance_km
+from walletguard.risk.models import RiskPayee
+from walletguard.risk.velocity import VelocityStore
+
+NEVER_H = 1_000_000.0
+BEIJING = ZoneInfo("Asia/Shanghai")
+# A device the holder has not vouched for (registered on it, or approved it from a trusted one)
+# is "new" for this long after it was first seen, whatever the profile's controls say.
+NEW_DEVICE_HOURS = 24
+# A movement that takes at least this share of what its source holds "empties" it (PaySim).
+EMPTIES_SHARE = 0.95
+# A payee paid this many times before (or marked trusted by the holder) is an honest habit.
+TRUSTED_PAYEE_PAYMENTS = 3
+HISTORY_DAYS = 90
+LOOKBACK_HOURS = 72
+
+TEN_MINUTES = timedelta(minutes=10)
+HOUR = timedelta(hours=1)
+DAY = timedelta(hours=24)
+SPANS = (TEN_MINUTES, HOUR, DAY)
+
+
+@dataclass(frozen=True)
+class RiskEvent:
+    """What is about to happen. ``payee`` is a merchant's name or a recipient holder's id;
+    ``payee_label`` is what an operator may see (a merchant's name, a masked number)."""
+
+    kind: str  # login | sensitive_action | movement
+    holder_id: uuid.UUID
+    action: str  # "login", a SensitiveAction value, or a movement kind
+    device_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    ip: str | None = None
+    amount_fen: int = 0
+    payee: str | None = None
+    payee_label: str | None = None
+    card_id: uuid.UUID | None = None
+    card_last4: str | None = None
+    # What the movement's source (the card at its bank, or the balance) holds, when known.
+    source_balance_fen: int | None = None
+
+
+class Signals(dict[str, Any]):
+    """The signals of one event; a costly group is computed the first time a rule reads one
+    of its names (rules read ``signals[name]``), and stored only then."""
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        self._pending: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def on_demand(self, names: tuple[str, ...], compute: Callable[[], dict[str, Any]]) -> None:
+        for name in names:
+            self._pending[name] = compute
+
+    def __missing__(self, name: str) -> Any:
+        compute = self._pending.get(name)
+        if compute is None:
+            raise KeyError(name)
+        values = compute()
+        for key in values:
+            self._pending.pop(key, None)
+        self.update(values)
+        return values[name]
+
+
+@dataclass
+class Facts:
+    """The signals plus what the decision stores and what sequence rules read."""
+
+    signals: dict[str, Any]
+    place: Place | None
+    ip_key: str | None
+    device_key: str | None
+    payee_key: str | None
+    # (time, sequence step tags) of the holder's recent history, oldest first
+    timeline: list[tuple[datetime, frozenset[str]]] = field(default_factory=list)
+    current_tags: frozenset[str] = frozenset()
+    payee_stats: RiskPayee | None = None
+
+
+def _hours(now: datetime, then: datetime | None) -> float:
+    if then is None:
+        return NEVER_H
+    return max(0.0, (now - then).total_seconds() / 3600)
+
+
+def _p95(amounts: list[int]) -> int:
+    ordered = sorted(amounts)
+    return ordered[min(len(ordered) - 1, int(0.95 * (len(ordered) - 1) + 0.5))]
+
+
+class SignalReader:
+    def __init__(
+        self, db: Session, env: Container, geo: GeoLocator, velocity: VelocityStore
+    ) -> None:
+        self.db = db
+        self.env = env
+        self.geo = geo
+        self.velocity = velocity
+        self.cipher = env.cipher
+
+    def key(self, value: str, context: str) -> str:
+        return self.cipher.blind_index(value, context=context)
+
+    def payee_key(self, payee: str) -> str:
+        return self.key(payee.strip().casefold(), "risk.payee")
+
+    def read(self, event: RiskEvent, now: datetime, lookback: timedelta) -> Facts:
+        db = self.db
+        s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
+        identity = IdentityService(db, self.env)
+        opened_at, last_sim_swap = repository.holder_facts(db, event.holder_id)
+        devices = identity.list_devices(event.holder_id)
+        device: Device | None = next((d for d in devices if d.id == event.device_id), None)
+        if device is None and event.device_id is not None:
+            device = db.get(Device, event.device_id)
+
+        # -- the device ------------------------------------------------------------------
+        settings = self.env.settings
+        if device is not None:
+            age_h = _hours(now, device.first_seen_at)
+            vouched = device.trust == "trusted"
+            s["device_age_h"] = age_h
+            s["device_vouched"] = vouched
+            s["device_new"] = not vouched and age_h < NEW_DEVICE_HOURS
+            s["device_state"] = str(
+                device_state(device, now, settings.controls, settings.cooling_off_hours)
+            )
+        else:
+            s.update(device_age_h=0.0, device_vouched=False, device_new=True, device_state="new")
+        device_key = (
+            self.key(device.client_device_id, "risk.device") if device is not None else None
+        )
+
+        # -- place and travel ----------------------------------------------------------------
+        place = self.geo.locate(event.ip)
+        s["geo_known"] = place is not None
+        s["province"] = place.province if place else ""
+        history = repository.history(db, event.holder_id, now - timedelta(days=HISTORY_DAYS))
+        familiar: set[str] = set()
+        last_seen: list[tuple[datetime, Place]] = []
+        for other in devices:
+            if other.id == event.device_id:
+                continue
+            for ip in (other.first_seen_ip, other.last_seen_ip):
+                seen = self.geo.locate(ip)
+                if seen is not None:
+                    familiar.add(seen.province)
+            seen_last = self.geo.locate(other.last_seen_ip)
+            if seen_last is not None:
+                last_seen.append((other.last_seen_at, seen_last))
+        for past in history:
+            if past.place and past.outcome == "allow":
+                familiar.add(past.place.split("/")[0])
+            # Only where the holder was let in counts as "last seen": a refused attempt from
+            # the far city must not make the thief's next attempt look like no travel at all.
+            if past.outcome == "allow" and past.lat is not None and past.lon is not None:
+                parts = (past.place or "").split("/")
+                last_seen.append((past.created_at, Place(parts[0], parts[-1], past.lat, past.lon)))
+        s["province_familiar"] = place is None or not familiar or place.province in familiar
+        s["travel_km"] = 0.0
+        s["travel_kmh"] = 0.0
+        before = [(at, p) for at, p in last_seen if at <= now]
+        if place is not None and before:
+            then, where = max(before, key=lambda item: item[0])
+            km = distance_km(where, place)
+            hours = max((now - then).total_seconds() / 3600, 1 / 60)
+            s["travel_km"] = round(km, 1)
+            s["travel_kmh"] = round(km / hours, 1)
+
+        # -- recent security events ----------------------------------------------------------
+        latest: dict[str, datetime] = {}
+        timeline: list[tuple[datetime, frozenset[str]]] = []
+        for name, at, _device, data in repository.audit_events_since(
+            db, event.holder_id, now - lookback
+        ):
+            step = repository.AUDIT_STEPS[name]
+            tags = {step}
+            if name == "login.succeeded" and '"new_device":true' in data:
+                tags.add("new_device_login")
+            latest[step] = max(at, latest.get(step, at))
+            timeline.append((at, frozenset(tags)))
+        s["credential_changed_h"] = _hours(now, latest.get("credential_changed"))
+        s["payment_password_reset_h"] = _hours(now, latest.get("payment_password_reset"))
+        s["sync_enabled_h"] = _hours(now, latest.get("sync_enabled"))
+        s["factor_changed_h"] = _hours(now, latest.get("factor_changed"))
+        s["phone_changed_h"] = _hours(now, latest.get("phone_changed"))
+        s["device_added_h"] = _hours(now, latest.get("device_added"))
+        s["account_age_d"] = max(0.0, (now - opened_at).total_seconds() / 86400)
+        s["sim_swap_h"] = _hours(now, last_sim_swap)
+
+        # -- the payee, the amount and the holder's habits ------------------------------------
+        payee_key = self.payee_key(event.payee) if event.payee else None
+        stats = repository.payee(db, event.holder_id, payee_key) if payee_key else None
+        s["payee_payments"] = stats.payments if stats else 0
+        s["payee_new"] = bool(payee_key) and stats is None
+        s["payee_trusted"] = stats is not None and (
+            stats.trusted_at is not None or stats.payments >= TRUSTED_PAYEE_PAYMENTS
+        )
+        amounts = [
+            p.amount_fen
+            for p in history
+            if p.kind == "movement" and p.outcome == "allow" and p.amount_fen
+        ]
+        s["history_count_90d"] = len(amounts)
+        p95 = _p95(amounts) if amounts else 0
+        s["amount_vs_p95"] = round(event.amount_fen / p95, 2) if p95 else 0.0
+        last_out = next(
+            (
+                p.created_at
+                for p in history
+                if p.kind == "movement" and p.outcome == "allow" and p.action != "top_up"
+            ),
+            None,
+        )
+        s["dormant_d"] = _hours(now, last_out) / 24 if last_out is not None else s["account_age_d"]
+        balance = event.source_balance_fen
+        s["source_balance_fen"] = balance if balance is not None else -1
+        s["empties_source"] = bool(
+            event.kind == "movement"
+            and balance is not None
+            and balance > 0
+            and event.amount_fen >= EMPTIES_SHARE * balance
+        )
+        local = now.astimezone(BEIJING)
+        s["hour_beijing"] = local.hour
+        s["night"] = local.hour < 6
+        s["session_flagged"] = any(
+            p.kind == "login"
+            and p.session_id == event.session_id
+            and p.outcome in ("challenge", "hold", "block")
+            for p in history
+            if event.session_id is not None
+        )
+
+        # -- scam exposure -----------------------------------------------------------------
+        exposures = repository.last_scam_exposure(db, event.holder_id, now - DAY)
+        s["scam_message_h"] = _hours(now, exposures[0][0]) if exposures else NEVER_H
+        s["scam_names_payee"] = bool(payee_key) and any(k == payee_key for _, k in exposures)
+        for at, _ in exposures:
+            timeline.append((at, frozenset({"scam_message"})))
+
+        # -- velocity and spread ---------------------------------------------------------
+        ip_key = self.key(event.ip, "risk.ip") if event.ip else None
+        keys = [f"holder:{event.holder_id}"]
+        if event.card_id:
+            keys.append(f"card:{event.card_id}")
+        if payee_key:
+            keys.append(f"payee:{payee_key}")
+        if ip_key:
+            keys.append(f"ip:{ip_key}")
+        windows = self.velocity.windows(keys, now, SPANS)
+        holder = f"holder:{event.holder_id}"
+        s["holder_count_10m"] = windows[(holder, TEN_MINUTES)].count
+        s["holder_sum_10m"] = windows[(holder, TEN_MINUTES)].sum_fen
+        s["holder_count_1h"] = windows[(holder, HOUR)].count
+        s["holder_sum_1h"] = windows[(holder, HOUR)].sum_fen
+        s["holder_sum_24h"] = windows[(holder, DAY)].sum_fen
+        card = f"card:{event.card_id}"
+        s["card_count_10m"] = windows[(card, TEN_MINUTES)].count if event.card_id else 0
+        s["card_sum_1h"] = windows[(card, HOUR)].sum_fen if event.card_id else 0
+        payee = f"payee:{payee_key}"
+        s["payee_count_1h"] = windows[(payee, HOUR)].count if payee_key else 0
+        s["payee_sum_1h"] = windows[(payee, HOUR)].sum_fen if payee_key else 0
+        s["ip_count_1h"] = windows[(f"ip:{ip_key}", HOUR)].count if ip_key else 0
+
+        recent = [p for p in history if p.kind == "movement" and p.created_at > now - HALF_HOUR]
+        cards = {p.card_id for p in recent if p.card_id is not None and p.action != "withdraw"}
+        payees = {p.payee_key for p in recent if p.payee_key is not None}
+        if event.kind == "movement":
+            if event.card_id is not None and event.action != "withdraw":
+                cards.add(event.card_id)
+            if payee_key:
+                payees.add(payee_key)
+        s["cards_debited_30m"] = len(cards)
+        s["payees_30m"] = len(payees)
+
+        # Distinct holders, this one included: counted only if a rule asks (they scan every
+        # decision sharing the payee, IP or device in the window).
+        def spread() -> dict[str, Any]:
+            senders, ip_holders, device_holders = repository.spread(
+                db,
+                event.holder_id,
+                {"payee": now - HOUR, "ip": now - DAY, "device": now - DAY},
+                payee_key,
+                ip_key,
+                device_key,
+            )
+            return {
+                "payee_senders_1h": senders + 1 if payee_key else 0,
+                "ip_holders_24h": ip_holders + 1 if ip_key else 0,
+                "device_holders_24h": device_holders + 1 if device_key else 0,
+            }
+
+        s.on_demand(("payee_senders_1h", "ip_holders_24h", "device_holders_24h"), spread)
+
+        # -- the timeline of earlier decisions, for sequence rules ---------------------------
+        for past in history:
+            if past.created_at < now - lookback:
+                break
+            if past.kind != "movement":
+                continue
+            tags = {"movement", past.action}
+            if past.payee_new:
+                tags.add("new_payee")
+            timeline.append((past.created_at, frozenset(tags)))
+        timeline.sort(key=lambda item: item[0])
+        current: set[str] = {event.action}
+        if event.kind == "movement":
+            current.add("movement")
+            if s["payee_new"]:
+                current.add("new_payee")
+        elif event.kind == "login":
+            current.add("login")
+            if s["device_new"]:
+                current.add("new_device_login")
+        return Facts(
+            signals=s,
+            place=place,
+            ip_key=ip_key,
+            device_key=device_key,
+            payee_key=payee_key,
+            timeline=timeline,
+            current_tags=frozenset(current),
+            payee_stats=stats,
+        )
+
+
+HALF_HOUR = timedelta(minutes=30)
