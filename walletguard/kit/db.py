@@ -61,7 +61,17 @@ def new_id() -> uuid.UUID:
 
 def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # SQLite has one writer and every transaction here begins IMMEDIATE, so requests queue
+        # for the database whatever the pool size. They queue in the pool, where a waiter can be
+        # overtaken by threads returning and re-taking connections: wait long there rather than
+        # fail a request after 30 s on a busy embedded instance.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=5,
+            max_overflow=5,
+            pool_timeout=300,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
