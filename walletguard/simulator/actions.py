@@ -238,9 +238,10 @@ def step_up(ctx: Ctx, action: str, factor: str | None = None) -> str:
 def with_step_up(ctx: Ctx, action: str, send: Callable[[], httpx.Response], what: str) -> Any:
     """Send; if the server asks for a step-up, pass one (when the actor can) and send again."""
     response = send()
-    slug, _ = _problem(response) if response.status_code >= 400 else ("", {})
-    if slug == "step-up-required":
-        step_up(ctx, action, ctx.extra.get("factor"))
+    slug, body = _problem(response) if response.status_code >= 400 else ("", {})
+    if slug in {"step-up-required", "risk-challenge"}:
+        # The problem names the action to step up for (a risk challenge: ``risky_payment``).
+        step_up(ctx, str(body.get("action") or action), ctx.extra.get("factor"))
         response = send()
     return expect_ok(response, what)
 
