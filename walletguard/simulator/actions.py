@@ -178,12 +178,7 @@ def read_code(ctx: Ctx, phone: str) -> str:
             raise StepStopped(
                 Outcome("failed", [], f"{ctx.device} does not hold the SIM the code was sent to")
             )
-        inbox = ctx.http.get(f"/api/v1/sandbox/phones/{phone}/messages")
-        for message in inbox.json():
-            match = recognise_otp(message["body"])
-            if match:
-                return match.code
-        raise StepStopped(Outcome("failed", [], "no code in the SIM inbox"))
+        return read_code_from_sim(ctx, phone)
     return source
 
 
@@ -270,6 +265,7 @@ def _claim_sim_if_held(ctx: Ctx) -> None:
 
 
 def read_code_from_sim(ctx: Ctx, phone: str) -> str:
+    """The newest one-time code in the SIM inbox of ``phone`` (the caller checked the SIM)."""
     inbox = ctx.http.get(f"/api/v1/sandbox/phones/{phone}/messages").json()
     for message in inbox:
         match = recognise_otp(message["body"])
