@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -112,11 +112,27 @@ class DeviceNotVerified(WalletguardError):
         super().__init__("mfa.device.not_verified")
 
 
-def cooling_off_end(device: Device, hours: int) -> datetime:
+class DeviceFacts(Protocol):
+    """What a device's state is computed from: a ``Device``, or a row of those columns (the
+    risk engine reads them with one Core query)."""
+
+    @property
+    def trust(self) -> str: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def first_seen_at(self) -> datetime: ...
+    @property
+    def cooling_off_until(self) -> datetime | None: ...
+
+
+def cooling_off_end(device: DeviceFacts, hours: int) -> datetime:
     return device.cooling_off_until or device.first_seen_at + timedelta(hours=hours)
 
 
-def device_state(device: Device, now: datetime, controls: Controls, cooling_off_hours: int) -> str:
+def device_state(
+    device: DeviceFacts, now: datetime, controls: Controls, cooling_off_hours: int
+) -> str:
     """What a device may do now: ``new`` (nothing but verify itself), ``cooling_off``, ``trusted``.
 
     A device left ``new`` while new-device step-up is switched off is treated as verified, and a

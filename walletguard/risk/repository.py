@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import Table, bindparam, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from walletguard.audit.models import AuditEntry
-from walletguard.identity.models import Holder
+from walletguard.identity.models import Device, Holder
 from walletguard.messages.models import SimSwap
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
 
@@ -31,33 +33,144 @@ AUDIT_STEPS: dict[str, str] = {
 HISTORY_ROWS = 200
 
 
+# The reads and writes of every decision are built once, from the tables (Core, not ORM
+# entities): a decision runs them on every login, sensitive action and movement, and building
+# and loading ORM statements cost more than SQLite answering them. Core statements do not
+# autoflush: ``SignalReader.read`` flushes the session once before it reads.
+_DECISIONS = cast(Table, RiskDecision.__table__)
+_PAYEES = cast(Table, RiskPayee.__table__)
+_EXPOSURES = cast(Table, RiskScamExposure.__table__)
+_AUDIT = cast(Table, AuditEntry.__table__)
+_HOLDERS = cast(Table, Holder.__table__)
+_SWAPS = cast(Table, SimSwap.__table__)
+_DEVICES = cast(Table, Device.__table__)
+
+_HOLDER_FACTS = select(
+    _HOLDERS.c.created_at,
+    select(func.max(_SWAPS.c.swapped_at))
+    .where(_SWAPS.c.phone_index == _HOLDERS.c.phone_index)
+    .scalar_subquery(),
+).where(_HOLDERS.c.id == bindparam("holder_id"))
+
+_DEVICES_OF_HOLDER = select(
+    _DEVICES.c.id,
+    _DEVICES.c.client_device_id,
+    _DEVICES.c.first_seen_ip,
+    _DEVICES.c.last_seen_ip,
+    _DEVICES.c.first_seen_at,
+    _DEVICES.c.last_seen_at,
+    _DEVICES.c.trust,
+    _DEVICES.c.revoked_at,
+    _DEVICES.c.cooling_off_until,
+).where(
+    _DEVICES.c.holder_id == bindparam("holder_id"),
+    or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
+)
+
+_AUDIT_EVENTS = (
+    select(_AUDIT.c.event, _AUDIT.c.at, _AUDIT.c.device_id, _AUDIT.c.data)
+    .where(
+        _AUDIT.c.holder_id == bindparam("holder_id"),
+        _AUDIT.c.at >= bindparam("since"),
+        _AUDIT.c.event.in_(list(AUDIT_STEPS)),
+    )
+    .order_by(_AUDIT.c.seq)
+)
+
+_HISTORY = (
+    select(
+        _DECISIONS.c.created_at,
+        _DECISIONS.c.kind,
+        _DECISIONS.c.action,
+        _DECISIONS.c.outcome,
+        _DECISIONS.c.amount_fen,
+        _DECISIONS.c.card_id,
+        _DECISIONS.c.payee_key,
+        _DECISIONS.c.payee_new,
+        _DECISIONS.c.session_id,
+        _DECISIONS.c.place,
+        _DECISIONS.c.lat,
+        _DECISIONS.c.lon,
+    )
+    .where(
+        _DECISIONS.c.holder_id == bindparam("holder_id"),
+        _DECISIONS.c.created_at >= bindparam("since"),
+    )
+    .order_by(_DECISIONS.c.created_at.desc())
+    .limit(HISTORY_ROWS)
+)
+
+_PAYEE = select(_PAYEES.c.payments, _PAYEES.c.trusted_at).where(
+    _PAYEES.c.holder_id == bindparam("holder_id"), _PAYEES.c.payee_key == bindparam("payee_key")
+)
+
+_EXPOSURES_SINCE = (
+    select(_EXPOSURES.c.received_at, _EXPOSURES.c.payee_key)
+    .where(
+        _EXPOSURES.c.holder_id == bindparam("holder_id"),
+        _EXPOSURES.c.received_at >= bindparam("since"),
+    )
+    .order_by(_EXPOSURES.c.received_at.desc())
+    .limit(50)
+)
+
+_INSERT_DECISION = _DECISIONS.insert()
+
+
+def _upsert_payee(dialect: str) -> Any:
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(_PAYEES)
+    return statement.on_conflict_do_update(
+        index_elements=[_PAYEES.c.holder_id, _PAYEES.c.payee_key],
+        set_={
+            "payments": _PAYEES.c.payments + 1,
+            "total_fen": _PAYEES.c.total_fen + statement.excluded.total_fen,
+            "last_at": statement.excluded.last_at,
+        },
+    )
+
+
+_UPSERT_PAYEE = {dialect: _upsert_payee(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+class PayeeStats(NamedTuple):
+    payments: int
+    trusted_at: datetime | None
+
+
+class DeviceSeen(NamedTuple):
+    """A device of the holder: where and when it was seen, and what its state is made of."""
+
+    id: uuid.UUID
+    client_device_id: str
+    first_seen_ip: str | None
+    last_seen_ip: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+    trust: str
+    revoked_at: datetime | None
+    cooling_off_until: datetime | None
+
+
 def holder_facts(db: Session, holder_id: uuid.UUID) -> tuple[datetime, datetime | None]:
     """When the account was opened, and the last SIM swap of its bound number.
 
-    A read-only join into identity's and messages' tables by the phone's blind index, instead of
-    decrypting the profile and asking twice: it runs before every decision."""
-    row = db.execute(
-        select(Holder.created_at, func.max(SimSwap.swapped_at))
-        .select_from(Holder)
-        .outerjoin(SimSwap, SimSwap.phone_index == Holder.phone_index)
-        .where(Holder.id == holder_id)
-        .group_by(Holder.created_at)
-    ).one()
+    A read-only look into identity's and messages' tables by the phone's blind index, instead
+    of decrypting the profile and asking twice: it runs before every decision."""
+    row = db.execute(_HOLDER_FACTS, {"holder_id": holder_id}).one()
     return row[0], row[1]
+
+
+def devices_of(db: Session, holder_id: uuid.UUID, device_id: uuid.UUID | None) -> list[DeviceSeen]:
+    """The holder's devices not revoked, and the acting one even if it is."""
+    rows = db.execute(_DEVICES_OF_HOLDER, {"holder_id": holder_id, "device_id": device_id})
+    return [DeviceSeen._make(row) for row in rows]
 
 
 def audit_events_since(
     db: Session, holder_id: uuid.UUID, since: datetime
 ) -> Sequence[tuple[str, datetime, uuid.UUID | None, str]]:
-    rows = db.execute(
-        select(AuditEntry.event, AuditEntry.at, AuditEntry.device_id, AuditEntry.data)
-        .where(
-            AuditEntry.holder_id == holder_id,
-            AuditEntry.at >= since,
-            AuditEntry.event.in_(list(AUDIT_STEPS)),
-        )
-        .order_by(AuditEntry.seq)
-    ).all()
+    rows = db.execute(_AUDIT_EVENTS, {"holder_id": holder_id, "since": since})
     return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
@@ -80,26 +193,35 @@ class Past(NamedTuple):
 
 def history(db: Session, holder_id: uuid.UUID, since: datetime) -> list[Past]:
     """The holder's decisions since then, newest first (bounded)."""
-    rows = db.execute(
-        select(
-            RiskDecision.created_at,
-            RiskDecision.kind,
-            RiskDecision.action,
-            RiskDecision.outcome,
-            RiskDecision.amount_fen,
-            RiskDecision.card_id,
-            RiskDecision.payee_key,
-            RiskDecision.payee_new,
-            RiskDecision.session_id,
-            RiskDecision.place,
-            RiskDecision.lat,
-            RiskDecision.lon,
-        )
-        .where(RiskDecision.holder_id == holder_id, RiskDecision.created_at >= since)
-        .order_by(RiskDecision.created_at.desc())
-        .limit(HISTORY_ROWS)
-    ).all()
+    rows = db.execute(_HISTORY, {"holder_id": holder_id, "since": since})
     return [Past._make(row) for row in rows]
+
+
+def payee_stats(db: Session, holder_id: uuid.UUID, payee_key: str) -> PayeeStats | None:
+    row = db.execute(_PAYEE, {"holder_id": holder_id, "payee_key": payee_key}).first()
+    return PayeeStats(row[0], row[1]) if row is not None else None
+
+
+def count_payment(
+    db: Session, holder_id: uuid.UUID, payee_key: str, amount_fen: int, at: datetime
+) -> None:
+    """One more allowed payment to this payee (one upsert; the first one creates the row)."""
+    db.execute(
+        _UPSERT_PAYEE[db.get_bind().dialect.name],
+        {
+            "holder_id": holder_id,
+            "payee_key": payee_key,
+            "payments": 1,
+            "total_fen": amount_fen,
+            "first_at": at,
+            "last_at": at,
+            "trusted_at": None,
+        },
+    )
+
+
+def store_decision(db: Session, values: dict[str, Any]) -> None:
+    db.execute(_INSERT_DECISION, values)
 
 
 def decisions_since(db: Session, holder_id: uuid.UUID, since: datetime) -> Sequence[RiskDecision]:
@@ -113,18 +235,14 @@ def decisions_since(db: Session, holder_id: uuid.UUID, since: datetime) -> Seque
 
 
 def payee(db: Session, holder_id: uuid.UUID, payee_key: str) -> RiskPayee | None:
+    """The payee's row as an ORM object, for the holder's own changes (vouching for it)."""
     return db.get(RiskPayee, (holder_id, payee_key))
 
 
 def last_scam_exposure(
     db: Session, holder_id: uuid.UUID, since: datetime
 ) -> Sequence[tuple[datetime, str | None]]:
-    rows = db.execute(
-        select(RiskScamExposure.received_at, RiskScamExposure.payee_key)
-        .where(RiskScamExposure.holder_id == holder_id, RiskScamExposure.received_at >= since)
-        .order_by(RiskScamExposure.received_at.desc())
-        .limit(50)
-    ).all()
+    rows = db.execute(_EXPOSURES_SINCE, {"holder_id": holder_id, "since": since})
     return [(row[0], row[1]) for row in rows]
 
 

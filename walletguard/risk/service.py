@@ -237,42 +237,48 @@ class RiskService:
             review = "pending"
         elif outcome == "block":
             review = "pending"
-        row = RiskDecision(
-            id=uuid.uuid4(),
-            holder_id=event.holder_id,
-            kind=event.kind,
-            action=event.action[:32],
-            device_id=event.device_id,
-            session_id=event.session_id,
-            ip_key=facts.ip_key,
-            device_key=facts.device_key,
-            place=facts.place.label[:64] if facts.place else None,
-            lat=facts.place.lat if facts.place else None,
-            lon=facts.place.lon if facts.place else None,
-            amount_fen=event.amount_fen or None,
-            card_id=event.card_id,
-            payee_key=facts.payee_key,
-            payee_label=(event.payee_label or "")[:64] or None,
-            payee_new=bool(facts.signals.get("payee_new")) if event.kind == "movement" else None,
-            outcome=outcome,
-            score=score,
-            rules=json.dumps([rule.id for rule in acting]),
-            shadow_rules=json.dumps([rule.id for rule in shadow]),
-            reasons_zh=json.dumps([rule.reason_zh for rule in acting], ensure_ascii=False),
-            reasons_en=json.dumps([rule.reason_en for rule in acting], ensure_ascii=False),
-            signals=json.dumps(facts.signals, ensure_ascii=False, sort_keys=True),
-            request_hash=hashed if event.kind == "movement" else None,
-            created_at=now,
-            review=review,
-            expires_at=expires_at,
+        decision_id = uuid.uuid4()
+        repository.store_decision(
+            self.db,
+            {
+                "id": decision_id,
+                "holder_id": event.holder_id,
+                "kind": event.kind,
+                "action": event.action[:32],
+                "device_id": event.device_id,
+                "session_id": event.session_id,
+                "ip_key": facts.ip_key,
+                "device_key": facts.device_key,
+                "place": facts.place.label[:64] if facts.place else None,
+                "lat": facts.place.lat if facts.place else None,
+                "lon": facts.place.lon if facts.place else None,
+                "amount_fen": event.amount_fen or None,
+                "card_id": event.card_id,
+                "payee_key": facts.payee_key,
+                "payee_label": (event.payee_label or "")[:64] or None,
+                "payee_new": (
+                    bool(facts.signals.get("payee_new")) if event.kind == "movement" else None
+                ),
+                "outcome": outcome,
+                "score": score,
+                "rules": json.dumps([rule.id for rule in acting]),
+                "shadow_rules": json.dumps([rule.id for rule in shadow]),
+                "reasons_zh": json.dumps([rule.reason_zh for rule in acting], ensure_ascii=False),
+                "reasons_en": json.dumps([rule.reason_en for rule in acting], ensure_ascii=False),
+                "signals": json.dumps(facts.signals, ensure_ascii=False, sort_keys=True),
+                "request_hash": hashed if event.kind == "movement" else None,
+                "created_at": now,
+                "review": review,
+                "expires_at": expires_at,
+                "reviewed_at": None,
+                "reviewed_by": None,
+                "approval_used_at": None,
+            },
         )
-        self.db.add(row)
         if event.kind == "movement" and outcome == "allow":
             self._count(event, facts, now)
-        if outcome != "allow" or fired or approved_by is not None:
-            self._audit_decision(event, row, acting, shadow, approved_by)
-        return Decision(
-            id=row.id,
+        decision = Decision(
+            id=decision_id,
             outcome=outcome,
             score=score,
             rules=tuple(rule.id for rule in acting),
@@ -282,14 +288,12 @@ class RiskService:
             signals=facts.signals,
             expires_at=expires_at,
         )
+        if outcome != "allow" or fired or approved_by is not None:
+            self._audit_decision(event, decision, approved_by)
+        return decision
 
     def _audit_decision(
-        self,
-        event: RiskEvent,
-        row: RiskDecision,
-        acting: list[Rule],
-        shadow: list[Rule],
-        approved_by: RiskDecision | None,
+        self, event: RiskEvent, decision: Decision, approved_by: RiskDecision | None
     ) -> None:
         """Every decision that fired a rule (shadow ones too) or refused is in the audit log; a
         plain "allow, nothing fired" is recorded in ``risk_decisions`` only (it is the common
@@ -302,13 +306,13 @@ class RiskService:
             device_id=event.device_id,
             ip=event.ip,
             data={
-                "decision_id": str(row.id),
+                "decision_id": str(decision.id),
                 "kind": event.kind,
                 "action": event.action,
-                "outcome": row.outcome,
-                "score": row.score,
-                "rules": [rule.id for rule in acting],
-                "shadow_rules": [rule.id for rule in shadow],
+                "outcome": decision.outcome,
+                "score": decision.score,
+                "rules": list(decision.rules),
+                "shadow_rules": list(decision.shadow_rules),
                 "approved_hold": str(approved_by.id) if approved_by else None,
             },
         )
@@ -323,23 +327,9 @@ class RiskService:
             keys.append(f"ip:{facts.ip_key}")
         self.velocity.record(keys, now, event.amount_fen)
         if facts.payee_key and event.action in ("payment", "transfer"):
-            stats = facts.payee_stats
-            if stats is None:
-                self.db.add(
-                    RiskPayee(
-                        holder_id=event.holder_id,
-                        payee_key=facts.payee_key,
-                        payments=1,
-                        total_fen=event.amount_fen,
-                        first_at=now,
-                        last_at=now,
-                        trusted_at=None,
-                    )
-                )
-            else:
-                stats.payments += 1
-                stats.total_fen += event.amount_fen
-                stats.last_at = now
+            repository.count_payment(
+                self.db, event.holder_id, facts.payee_key, event.amount_fen, now
+            )
 
     def enforce(
         self,

@@ -18,11 +18,9 @@ from sqlalchemy.orm import Session
 
 from walletguard.bootstrap import Container
 from walletguard.identity.guards import device_state
-from walletguard.identity.models import Device
-from walletguard.identity.service import IdentityService
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
-from walletguard.risk.models import RiskPayee
+from walletguard.risk.repository import PayeeStats
 from walletguard.risk.velocity import VelocityStore
 
 NEVER_H = 1_000_000.0
@@ -98,7 +96,7 @@ class Facts:
     # (time, sequence step tags) of the holder's recent history, oldest first
     timeline: list[tuple[datetime, frozenset[str]]] = field(default_factory=list)
     current_tags: frozenset[str] = frozenset()
-    payee_stats: RiskPayee | None = None
+    payee_stats: PayeeStats | None = None
 
 
 def _hours(now: datetime, then: datetime | None) -> float:
@@ -130,13 +128,14 @@ class SignalReader:
 
     def read(self, event: RiskEvent, now: datetime, lookback: timedelta) -> Facts:
         db = self.db
+        # The reads below are Core statements, which do not autoflush: what the caller has
+        # written in this transaction (a device just added, a login just audited) must count.
+        db.flush()
         s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
-        identity = IdentityService(db, self.env)
         opened_at, last_sim_swap = repository.holder_facts(db, event.holder_id)
-        devices = identity.list_devices(event.holder_id)
-        device: Device | None = next((d for d in devices if d.id == event.device_id), None)
-        if device is None and event.device_id is not None:
-            device = db.get(Device, event.device_id)
+        known = repository.devices_of(db, event.holder_id, event.device_id)
+        device = next((d for d in known if d.id == event.device_id), None)
+        devices = [d for d in known if d.revoked_at is None]
 
         # -- the device ------------------------------------------------------------------
         settings = self.env.settings
@@ -214,7 +213,7 @@ class SignalReader:
 
         # -- the payee, the amount and the holder's habits ------------------------------------
         payee_key = self.payee_key(event.payee) if event.payee else None
-        stats = repository.payee(db, event.holder_id, payee_key) if payee_key else None
+        stats = repository.payee_stats(db, event.holder_id, payee_key) if payee_key else None
         s["payee_payments"] = stats.payments if stats else 0
         s["payee_new"] = bool(payee_key) and stats is None
         s["payee_trusted"] = stats is not None and (
@@ -265,15 +264,15 @@ class SignalReader:
 
         # -- velocity and spread ---------------------------------------------------------
         ip_key = self.key(event.ip, "risk.ip") if event.ip else None
-        keys = [f"holder:{event.holder_id}"]
-        if event.card_id:
-            keys.append(f"card:{event.card_id}")
-        if payee_key:
-            keys.append(f"payee:{payee_key}")
-        if ip_key:
-            keys.append(f"ip:{ip_key}")
-        windows = self.velocity.windows(keys, now, SPANS)
         holder = f"holder:{event.holder_id}"
+        wanted: dict[str, tuple[timedelta, ...]] = {holder: SPANS}
+        if event.card_id:
+            wanted[f"card:{event.card_id}"] = (TEN_MINUTES, HOUR)
+        if payee_key:
+            wanted[f"payee:{payee_key}"] = (HOUR,)
+        if ip_key:
+            wanted[f"ip:{ip_key}"] = (HOUR,)
+        windows = self.velocity.window_map(wanted, now)
         s["holder_count_10m"] = windows[(holder, TEN_MINUTES)].count
         s["holder_sum_10m"] = windows[(holder, TEN_MINUTES)].sum_fen
         s["holder_count_1h"] = windows[(holder, HOUR)].count

@@ -11,12 +11,13 @@ caution).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from functools import lru_cache
+from typing import Any, Protocol, cast
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import Table, bindparam, case, delete, func, select, union_all
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -38,11 +39,22 @@ class VelocityStore(Protocol):
         """Count one event of ``amount_fen`` under each key at ``at``."""
         ...
 
+    def window_map(
+        self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
+    ) -> dict[tuple[str, timedelta], Window]:
+        """Count and sum under each key over each of *its* spans ending at ``now`` (a key is
+        read only as far back as its longest span: a busy IP's day is not read for its hour)."""
+        ...
+
     def windows(
         self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
     ) -> dict[tuple[str, timedelta], Window]:
         """Count and sum under each key over each span ending at ``now``."""
         ...
+
+
+def _same_spans(keys: Sequence[str], spans: Sequence[timedelta]) -> dict[str, Sequence[timedelta]]:
+    return dict.fromkeys(keys, spans)
 
 
 class DatabaseVelocity:
@@ -58,55 +70,56 @@ class DatabaseVelocity:
         return at.replace(second=0, microsecond=0)
 
     def record(self, keys: Iterable[str], at: datetime, amount_fen: int) -> None:
+        """One upsert per key (a single cached statement, executed as a batch); keys in a fixed
+        order so concurrent writers lock the same buckets in the same order (no deadlock)."""
+        ordered = sorted(set(keys))
+        if not ordered:
+            return
         minute = self.minute_of(at)
-        dialect = self.db.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        table = RiskVelocityBucket.__table__
-        for key in keys:
-            statement = insert(RiskVelocityBucket).values(
-                key=key, minute=minute, count=1, sum_fen=amount_fen
-            )
-            self.db.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["key", "minute"],
-                    set_={
-                        "count": table.c.count + 1,
-                        "sum_fen": table.c.sum_fen + amount_fen,
-                    },
-                )
-            )
+        self.db.execute(
+            _UPSERT[self.db.get_bind().dialect.name],
+            [{"key": key, "minute": minute, "count": 1, "sum_fen": amount_fen} for key in ordered],
+        )
 
-    def windows(
-        self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
+    def window_map(
+        self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
     ) -> dict[tuple[str, timedelta], Window]:
-        """One aggregate query over the primary key (key, minute)."""
-        minute = RiskVelocityBucket.minute
-        columns: list[Any] = [RiskVelocityBucket.key]
-        for span in spans:
-            inside = minute > self.minute_of(now - span) - timedelta(seconds=1)
-            columns.append(func.sum(case((inside, RiskVelocityBucket.count), else_=0)))
-            columns.append(func.sum(case((inside, RiskVelocityBucket.sum_fen), else_=0)))
-        rows = self.db.execute(
-            select(*columns)
-            .where(
-                RiskVelocityBucket.key.in_(list(keys)),
-                minute >= self.minute_of(now - max(spans)),
-                minute <= now,
-            )
-            .group_by(RiskVelocityBucket.key)
-        ).all()
-        found = {row[0]: row[1:] for row in rows}
+        """One round trip: per longest span, an aggregate over the primary key (key, minute)
+        of the keys that need it, glued with UNION ALL."""
+        spans = tuple(sorted({span for key_spans in wanted.values() for span in key_spans}))
+        groups: dict[timedelta, list[str]] = {}
+        for key, key_spans in wanted.items():
+            if key_spans:
+                groups.setdefault(max(key_spans), []).append(key)
         out: dict[tuple[str, timedelta], Window] = {}
-        for key in keys:
+        if not groups:
+            return out
+        longest = tuple(sorted(groups))
+        params: dict[str, Any] = {"now": now}
+        for index, span in enumerate(spans):
+            params[f"start_{index}"] = self.minute_of(now - span)
+        for index, span in enumerate(longest):
+            params[f"keys_{index}"] = groups[span]
+            params[f"since_{index}"] = self.minute_of(now - span)
+        found: dict[str, Any] = {}
+        for row in self.db.execute(_windows_query(spans, len(longest)), params):
+            found[row[0]] = row[1:]
+        for key, key_spans in wanted.items():
             sums = found.get(key)
-            for index, span in enumerate(spans):
+            for span in key_spans:
                 if sums is None:
                     out[(key, span)] = Window(0, 0)
                 else:
+                    index = spans.index(span)
                     out[(key, span)] = Window(
                         int(sums[2 * index] or 0), int(sums[2 * index + 1] or 0)
                     )
         return out
+
+    def windows(
+        self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
+    ) -> dict[tuple[str, timedelta], Window]:
+        return self.window_map(_same_spans(keys, spans), now)
 
     def trim(self, now: datetime) -> int:
         """Delete buckets no window reaches any more (a worker may call it)."""
@@ -120,6 +133,49 @@ class DatabaseVelocity:
     def count(self) -> int:
         total = self.db.scalar(select(func.sum(RiskVelocityBucket.count)))
         return int(total or 0)
+
+
+_BUCKETS = cast(Table, RiskVelocityBucket.__table__)
+
+
+def _upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (key, minute) DO UPDATE adding to the bucket."""
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(_BUCKETS)
+    return statement.on_conflict_do_update(
+        index_elements=[_BUCKETS.c.key, _BUCKETS.c.minute],
+        set_={
+            "count": _BUCKETS.c.count + statement.excluded.count,
+            "sum_fen": _BUCKETS.c.sum_fen + statement.excluded.sum_fen,
+        },
+    )
+
+
+_UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+@lru_cache(maxsize=64)
+def _windows_query(spans: tuple[timedelta, ...], groups: int) -> Any:
+    """Per group of keys (``keys_<g>``, read back to ``since_<g>``): the key, then count and
+    sum of the buckets since ``start_<i>`` for each span."""
+    minute = _BUCKETS.c.minute
+    selects = []
+    for group in range(groups):
+        columns: list[Any] = [_BUCKETS.c.key]
+        for index in range(len(spans)):
+            inside = minute >= bindparam(f"start_{index}", type_=minute.type)
+            columns.append(func.sum(case((inside, _BUCKETS.c.count), else_=0)))
+            columns.append(func.sum(case((inside, _BUCKETS.c.sum_fen), else_=0)))
+        selects.append(
+            select(*columns)
+            .where(
+                _BUCKETS.c.key.in_(bindparam(f"keys_{group}", expanding=True)),
+                minute >= bindparam(f"since_{group}", type_=minute.type),
+                minute <= bindparam("now", type_=minute.type),
+            )
+            .group_by(_BUCKETS.c.key)
+        )
+    return selects[0] if groups == 1 else union_all(*selects)
 
 
 class RedisVelocity:
@@ -139,19 +195,18 @@ class RedisVelocity:
             pipe.expire(name, int(RETENTION.total_seconds()))
         pipe.execute()
 
-    def windows(
-        self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
+    def window_map(
+        self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
     ) -> dict[tuple[str, timedelta], Window]:
-        longest = max(spans)
         end = now.timestamp()
+        asked = [(key, spans) for key, spans in wanted.items() if spans]
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.zrangebyscore(
-                self.prefix + key, f"({end - longest.total_seconds()}", end, withscores=True
-            )
-        results = pipe.execute()
+        for key, spans in asked:
+            start = end - max(spans).total_seconds()
+            pipe.zrangebyscore(self.prefix + key, f"({start}", end, withscores=True)
+        results = pipe.execute() if asked else []
         out: dict[tuple[str, timedelta], Window] = {}
-        for key, members in zip(keys, results, strict=True):
+        for (key, spans), members in zip(asked, results, strict=True):
             parsed = [
                 (float(score), int(member.decode().rsplit(":", 1)[1])) for member, score in members
             ]
@@ -160,6 +215,11 @@ class RedisVelocity:
                 hits = [amount for at, amount in parsed if at > since]
                 out[(key, span)] = Window(len(hits), sum(hits))
         return out
+
+    def windows(
+        self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
+    ) -> dict[tuple[str, timedelta], Window]:
+        return self.window_map(_same_spans(keys, spans), now)
 
 
 _REDIS_CLIENTS: dict[str, Any] = {}
