@@ -102,3 +102,9 @@ def test_key_rotation_reencrypts_and_everything_stays_readable(cli_env: dict[str
     assert values and all(v.startswith("v1.k2.") for v in values)
     inbox = run(cli_env, "inbox", "13800138000")
     assert inbox.returncode == 0 and "注册验证码" in inbox.stdout
+
+
+def test_risk_housekeeping_runs_on_an_empty_instance(cli_env: dict[str, str]) -> None:
+    done = run(cli_env, "risk", "housekeeping")
+    assert done.returncode == 0, done.stderr
+    assert "0 holds expired, 0 velocity buckets trimmed" in done.stdout

@@ -19,6 +19,7 @@ from tests.conftest import (
     Holder,
     assert_problem,
     login,
+    login_trusted,
     make_settings,
     register,
     step_up,
@@ -223,6 +224,26 @@ def test_an_unanswered_hold_expires_rejected(
     assert_problem(late, 409, "hold-not-pending")
 
 
+def test_housekeeping_expires_holds_and_trims_old_velocity(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    from walletguard.risk.velocity import DatabaseVelocity
+
+    holder = scammed_holder(client, container)  # its top-up counted under velocity keys
+    assert_problem(pay(client, holder, "2000.00", merchant="安全账户"), 409, "risk-hold")
+    with unit_of_work(container.sessions) as db:
+        assert RiskService(db, container).housekeeping() == (0, 0)  # nothing old yet
+        counted = DatabaseVelocity(db).count()
+    assert counted > 0
+    clock.advance(timedelta(days=3))
+    with unit_of_work(container.sessions) as db:
+        expired, trimmed = RiskService(db, container).housekeeping()
+        assert expired == 1
+        assert trimmed > 0
+        assert DatabaseVelocity(db).count() == 0
+    assert [json.loads(e.data)["decision_id"] for e in audit_events(container, "risk.hold_expired")]
+
+
 def test_who_may_answer_a_hold(client: TestClient, container: Container) -> None:
     holder = scammed_holder(client, container)
     other = register(client, container, "+8613900002222", device_id="other-phone")
@@ -242,6 +263,41 @@ def test_who_may_answer_a_hold(client: TestClient, container: Container) -> None
         assert response.status_code == status, (headers, response.text)
         if slug:
             assert_problem(response, status, slug)
+
+
+def test_a_held_sensitive_action_is_confirmed_and_its_retry_goes_through_once(
+    tmp_path: Path, db_url: str, clock: ManualClock
+) -> None:
+    """A rules file may hold a sensitive action: the holder confirms it on the phone, the
+    tablet's retry goes through (its step-up grant was not spent by the refusal), once."""
+    from walletguard.app import create_app
+    from walletguard.bootstrap import build_container
+
+    rules = tmp_path / "hold-sync.yaml"
+    rules.write_text(
+        "version: 1\nrules:\n  - id: hold-sync\n    kinds: [sensitive_action]\n"
+        "    when: {signal: action, eq: enable_sync}\n    action: hold\n    score: 50\n"
+        "    reasons: {zh-CN: 开启同步需确认, en: turning sync on needs a confirmation}\n",
+        encoding="utf-8",
+    )
+    container = build_container(make_settings(tmp_path, db_url, risk_rules=rules), clock=clock)
+    try:
+        with TestClient(create_app(container)) as client:
+            holder = register(client, container)
+            tablet = login_trusted(client, container, holder)
+            step_up(client, container, tablet["auth"], holder.phone, "enable_sync", "sms")
+            held = client.post("/api/v1/messages/sync", headers=tablet["auth"])
+            hold_id = assert_problem(held, 409, "risk-hold")["hold_id"]
+            confirmed = client.post(f"/api/v1/risk/holds/{hold_id}/confirm", headers=holder.auth)
+            assert confirmed.status_code == 200, confirmed.text
+            again = client.post("/api/v1/messages/sync", headers=tablet["auth"])
+            assert again.status_code == 200, again.text
+            assert client.delete("/api/v1/messages/sync", headers=tablet["auth"]).status_code == 204
+            step_up(client, container, tablet["auth"], holder.phone, "enable_sync", "sms")
+            third = client.post("/api/v1/messages/sync", headers=tablet["auth"])
+            assert_problem(third, 409, "risk-hold")
+    finally:
+        container.close()
 
 
 # -- challenge: a strong factor clears it for one request ---------------------------------------

@@ -14,7 +14,7 @@ from tests.conftest import START
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.db import unit_of_work
-from walletguard.risk.velocity import DatabaseVelocity, RedisVelocity, VelocityStore
+from walletguard.risk.velocity import DatabaseVelocity, RedisVelocity, VelocityStore, Window
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SPANS = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
@@ -37,6 +37,9 @@ def exercise(store: VelocityStore, record: bool = True) -> None:
     assert (windows[(card, ten)].count, windows[(card, day)].sum_fen) == (1, 40_000)
     unknown = store.windows(["ip:nobody"], START, SPANS)
     assert unknown[("ip:nobody", day)].count == 0
+    # Each key read only over the spans asked for it (a busy IP's day is not read for its hour).
+    asked = store.window_map({holder: (hour,), card: (ten,), "ip:nobody": ()}, START)
+    assert asked == {(holder, hour): Window(3, 90_000), (card, ten): Window(1, 30_000)}
 
 
 def test_database_velocity(container: Container) -> None:

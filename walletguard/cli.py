@@ -273,6 +273,27 @@ def demo(
         serve(host="127.0.0.1", port=port, workers=1)
 
 
+risk_app = typer.Typer(help="The risk engine.", no_args_is_help=True)
+app.add_typer(risk_app, name="risk")
+
+
+@risk_app.command("housekeeping")
+def risk_housekeeping() -> None:
+    """Expire unanswered holds and trim velocity buckets older than any window (the workers do
+    it every few minutes; run it from cron where no worker runs)."""
+    from walletguard.kit.db import unit_of_work
+    from walletguard.risk.service import RiskService
+
+    container = _container()
+    _ensure_schema(container)
+    try:
+        with unit_of_work(container.sessions) as db:
+            expired, trimmed = RiskService(db, container).housekeeping()
+        out.print(f"risk housekeeping: {expired} holds expired, {trimmed} velocity buckets trimmed")
+    finally:
+        container.close()
+
+
 ledger_app = typer.Typer(help="The wallet's double-entry ledger.", no_args_is_help=True)
 bank_app = typer.Typer(help="Sandbox bank back office.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")

@@ -37,11 +37,14 @@ from walletguard.risk.geo import geo_locator
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
 from walletguard.risk.rules import SEVERITY, Rule, RuleBook, RuleSet, rule_book, strongest
 from walletguard.risk.signals import NEW_DEVICE_HOURS, Facts, RiskEvent, SignalReader
-from walletguard.risk.velocity import velocity_store
+from walletguard.risk.velocity import DatabaseVelocity, velocity_store
 
 __all__ = ["Decision", "RiskEvent", "RiskService"]
 
 MAX_SCORE = 1000
+# Events whose hold the holder (or an operator) can approve for one retry. A login is never
+# refused (a risky one marks its session), so it is never held.
+APPROVABLE_KINDS = frozenset({"movement", "sensitive_action"})
 STRONG = frozenset(f.value for f in STRONG_FACTORS)
 
 
@@ -215,9 +218,12 @@ class RiskService:
         score = min(MAX_SCORE, sum(rule.score for rule in acting))
         hashed = request_hash(event)
         approved_by: RiskDecision | None = None
-        if outcome in ("challenge", "hold", "block") and event.kind == "movement":
+        approvable = event.kind in APPROVABLE_KINDS
+        if outcome in ("challenge", "hold", "block") and approvable:
             # The holder confirmed this very request after it was held, or an operator released
-            # it (a freeze is never lifted this way: reopening is the wallet's own flow).
+            # it (a freeze is never lifted this way: reopening is the wallet's own flow). A
+            # sensitive action's request is its action: a confirmed hold on turning sync on
+            # lets the holder's next try through once.
             since = now - timedelta(minutes=self.env.settings.risk_approval_minutes)
             approved_by = repository.approved_request(self.db, event.holder_id, hashed, since)
             if approved_by is not None:
@@ -266,7 +272,7 @@ class RiskService:
                 "reasons_zh": json.dumps([rule.reason_zh for rule in acting], ensure_ascii=False),
                 "reasons_en": json.dumps([rule.reason_en for rule in acting], ensure_ascii=False),
                 "signals": json.dumps(facts.signals, ensure_ascii=False, sort_keys=True),
-                "request_hash": hashed if event.kind == "movement" else None,
+                "request_hash": hashed if approvable else None,
                 "created_at": now,
                 "review": review,
                 "expires_at": expires_at,
@@ -407,6 +413,15 @@ class RiskService:
             )
             expired += 1
         return expired
+
+    def housekeeping(self) -> tuple[int, int]:
+        """Expire unanswered holds and drop velocity buckets no window reaches any more (the
+        database store; Redis trims its own sets as it writes). Returns (expired, trimmed)."""
+        expired = self.expire_holds()
+        trimmed = 0
+        if isinstance(self.velocity, DatabaseVelocity):
+            trimmed = self.velocity.trim(self.clock.now())
+        return expired, trimmed
 
     def _own_hold(self, principal: Principal, hold_id: uuid.UUID) -> RiskDecision:
         self.expire_holds()
