@@ -50,6 +50,13 @@ _HOLDER_FACTS = select(
     select(func.max(_SWAPS.c.swapped_at))
     .where(_SWAPS.c.phone_index == _HOLDERS.c.phone_index)
     .scalar_subquery(),
+    # What the holder paid the payee before (NULL payee key: no row, NULLs).
+    select(_PAYEES.c.payments)
+    .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
+    .scalar_subquery(),
+    select(_PAYEES.c.trusted_at)
+    .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
+    .scalar_subquery(),
 ).where(_HOLDERS.c.id == bindparam("holder_id"))
 
 _DEVICES_OF_HOLDER = select(
@@ -100,10 +107,6 @@ _HISTORY = (
     .limit(HISTORY_ROWS)
 )
 
-_PAYEE = select(_PAYEES.c.payments, _PAYEES.c.trusted_at).where(
-    _PAYEES.c.holder_id == bindparam("holder_id"), _PAYEES.c.payee_key == bindparam("payee_key")
-)
-
 _EXPOSURES_SINCE = (
     select(_EXPOSURES.c.received_at, _EXPOSURES.c.payee_key)
     .where(
@@ -152,13 +155,21 @@ class DeviceSeen(NamedTuple):
     cooling_off_until: datetime | None
 
 
-def holder_facts(db: Session, holder_id: uuid.UUID) -> tuple[datetime, datetime | None]:
-    """When the account was opened, and the last SIM swap of its bound number.
+class HolderFacts(NamedTuple):
+    opened_at: datetime
+    last_sim_swap: datetime | None
+    payee: PayeeStats | None
+
+
+def holder_facts(db: Session, holder_id: uuid.UUID, payee_key: str | None) -> HolderFacts:
+    """When the account was opened, the last SIM swap of its bound number, and what the holder
+    paid this payee before — one round trip before every decision.
 
     A read-only look into identity's and messages' tables by the phone's blind index, instead
-    of decrypting the profile and asking twice: it runs before every decision."""
-    row = db.execute(_HOLDER_FACTS, {"holder_id": holder_id}).one()
-    return row[0], row[1]
+    of decrypting the profile and asking twice."""
+    row = db.execute(_HOLDER_FACTS, {"holder_id": holder_id, "payee_key": payee_key}).one()
+    payee = PayeeStats(int(row[2]), row[3]) if row[2] is not None else None
+    return HolderFacts(row[0], row[1], payee)
 
 
 def devices_of(db: Session, holder_id: uuid.UUID, device_id: uuid.UUID | None) -> list[DeviceSeen]:
@@ -195,11 +206,6 @@ def history(db: Session, holder_id: uuid.UUID, since: datetime) -> list[Past]:
     """The holder's decisions since then, newest first (bounded)."""
     rows = db.execute(_HISTORY, {"holder_id": holder_id, "since": since})
     return [Past._make(row) for row in rows]
-
-
-def payee_stats(db: Session, holder_id: uuid.UUID, payee_key: str) -> PayeeStats | None:
-    row = db.execute(_PAYEE, {"holder_id": holder_id, "payee_key": payee_key}).first()
-    return PayeeStats(row[0], row[1]) if row is not None else None
 
 
 def count_payment(

@@ -132,7 +132,8 @@ class SignalReader:
         # written in this transaction (a device just added, a login just audited) must count.
         db.flush()
         s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
-        opened_at, last_sim_swap = repository.holder_facts(db, event.holder_id)
+        payee_key = self.payee_key(event.payee) if event.payee else None
+        opened_at, last_sim_swap, stats = repository.holder_facts(db, event.holder_id, payee_key)
         known = repository.devices_of(db, event.holder_id, event.device_id)
         device = next((d for d in known if d.id == event.device_id), None)
         devices = [d for d in known if d.revoked_at is None]
@@ -212,8 +213,6 @@ class SignalReader:
         s["sim_swap_h"] = _hours(now, last_sim_swap)
 
         # -- the payee, the amount and the holder's habits ------------------------------------
-        payee_key = self.payee_key(event.payee) if event.payee else None
-        stats = repository.payee_stats(db, event.holder_id, payee_key) if payee_key else None
         s["payee_payments"] = stats.payments if stats else 0
         s["payee_new"] = bool(payee_key) and stats is None
         s["payee_trusted"] = stats is not None and (

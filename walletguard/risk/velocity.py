@@ -84,27 +84,24 @@ class DatabaseVelocity:
     def window_map(
         self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
     ) -> dict[tuple[str, timedelta], Window]:
-        """One round trip: per longest span, an aggregate over the primary key (key, minute)
-        of the keys that need it, glued with UNION ALL."""
-        spans = tuple(sorted({span for key_spans in wanted.values() for span in key_spans}))
-        groups: dict[timedelta, list[str]] = {}
-        for key, key_spans in wanted.items():
-            if key_spans:
-                groups.setdefault(max(key_spans), []).append(key)
+        """One round trip: per key, an aggregate over the primary key (key, minute) back to the
+        start of that key's longest span, glued with UNION ALL (the spans are parameters, so
+        one cached statement serves every event with the same number of keys and spans)."""
+        asked = [(key, key_spans) for key, key_spans in wanted.items() if key_spans]
         out: dict[tuple[str, timedelta], Window] = {}
-        if not groups:
+        if not asked:
             return out
-        longest = tuple(sorted(groups))
+        spans = sorted({span for _key, key_spans in asked for span in key_spans})
         params: dict[str, Any] = {"now": now}
         for index, span in enumerate(spans):
             params[f"start_{index}"] = self.minute_of(now - span)
-        for index, span in enumerate(longest):
-            params[f"keys_{index}"] = groups[span]
-            params[f"since_{index}"] = self.minute_of(now - span)
+        for index, (key, key_spans) in enumerate(asked):
+            params[f"key_{index}"] = key
+            params[f"since_{index}"] = self.minute_of(now - max(key_spans))
         found: dict[str, Any] = {}
-        for row in self.db.execute(_windows_query(spans, len(longest)), params):
+        for row in self.db.execute(_windows_query(len(spans), len(asked)), params):
             found[row[0]] = row[1:]
-        for key, key_spans in wanted.items():
+        for key, key_spans in asked:
             sums = found.get(key)
             for span in key_spans:
                 if sums is None:
@@ -155,27 +152,27 @@ _UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 @lru_cache(maxsize=64)
-def _windows_query(spans: tuple[timedelta, ...], groups: int) -> Any:
-    """Per group of keys (``keys_<g>``, read back to ``since_<g>``): the key, then count and
-    sum of the buckets since ``start_<i>`` for each span."""
+def _windows_query(spans: int, keys: int) -> Any:
+    """Per key ``key_<k>`` (read back to ``since_<k>``): the key, then count and sum of its
+    buckets since ``start_<i>`` for each of the ``spans`` spans."""
     minute = _BUCKETS.c.minute
     selects = []
-    for group in range(groups):
+    for key in range(keys):
         columns: list[Any] = [_BUCKETS.c.key]
-        for index in range(len(spans)):
+        for index in range(spans):
             inside = minute >= bindparam(f"start_{index}", type_=minute.type)
             columns.append(func.sum(case((inside, _BUCKETS.c.count), else_=0)))
             columns.append(func.sum(case((inside, _BUCKETS.c.sum_fen), else_=0)))
         selects.append(
             select(*columns)
             .where(
-                _BUCKETS.c.key.in_(bindparam(f"keys_{group}", expanding=True)),
-                minute >= bindparam(f"since_{group}", type_=minute.type),
+                _BUCKETS.c.key == bindparam(f"key_{key}", type_=_BUCKETS.c.key.type),
+                minute >= bindparam(f"since_{key}", type_=minute.type),
                 minute <= bindparam("now", type_=minute.type),
             )
             .group_by(_BUCKETS.c.key)
         )
-    return selects[0] if groups == 1 else union_all(*selects)
+    return selects[0] if keys == 1 else union_all(*selects)
 
 
 class RedisVelocity:
