@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from tests.conftest import DEFAULT_PHONE, STRONG_PASSWORD, assert_problem, login, register
 from walletguard.audit.service import verify
@@ -172,6 +173,140 @@ def test_concurrent_first_entries_chain_one_after_the_other(container: Container
     for thread in threads:
         thread.join(timeout=30)
     assert failures == []
+    with unit_of_work(container.sessions) as db:
+        report = verify(db)
+    assert report.ok, report.problems
+    assert report.entries == 2
+
+
+def test_concurrent_appends_chain_one_after_the_other(container: Container) -> None:
+    """Many transactions, each with two entries, committing at once: one linear chain."""
+    import threading
+
+    from walletguard.audit.service import record
+    from walletguard.kit.db import unit_of_work
+
+    writers = 8
+    barrier = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def append(name: int) -> None:
+        try:
+            with unit_of_work(container.sessions) as db:
+                record(db, container.clock, "test.first", data={"writer": name})
+                record(db, container.clock, "test.second", data={"writer": name})
+                barrier.wait(timeout=20)
+        except BaseException as exc:  # reported below, in the test's own thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    with unit_of_work(container.sessions) as db:
+        report = verify(db)
+    assert report.ok, report.problems
+    assert report.entries == report.head_seq == 2 * writers
+    with container.engine.connect() as conn:
+        rows = conn.execute(text("SELECT event, data FROM audit_log ORDER BY seq")).all()
+    # A transaction's entries stay together and in the order they were recorded.
+    for first, second in zip(rows[0::2], rows[1::2], strict=True):
+        assert (first[0], second[0]) == ("test.first", "test.second")
+        assert first[1] == second[1]
+
+
+def test_an_open_transaction_does_not_hold_up_other_appends(
+    container: Container, is_postgres: bool
+) -> None:
+    """The head is locked only while a transaction chains its entries, just before COMMIT: a
+    writer still busy with its own work does not make every other writer wait for it."""
+    if not is_postgres:
+        pytest.skip("SQLite has one writer at a time (BEGIN IMMEDIATE) by design")
+    import threading
+
+    from walletguard.audit.service import record
+    from walletguard.kit.db import unit_of_work
+    from walletguard.kit.ratelimit import AttemptCounters
+
+    recorded = threading.Event()
+    other_committed = threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_writer() -> None:
+        try:
+            with unit_of_work(container.sessions) as db:
+                AttemptCounters(db, container.clock).reserve("test:slow", lambda _: None)
+                record(db, container.clock, "test.slow")
+                recorded.set()
+                # Still inside its transaction; before, it held the chain's head from here on.
+                other_committed.wait(timeout=10)
+        except BaseException as exc:  # reported below, in the test's own thread
+            failures.append(exc)
+
+    slow = threading.Thread(target=slow_writer)
+    slow.start()
+    assert recorded.wait(timeout=10)
+    with unit_of_work(container.sessions) as db:
+        record(db, container.clock, "test.quick")
+    other_committed.set()
+    slow.join(timeout=30)
+    assert failures == []
+    # The quick one committed while the slow one was still open, so it comes first.
+    assert _events(container) == ["test.quick", "test.slow"]
+    with unit_of_work(container.sessions) as db:
+        assert verify(db).ok
+
+
+def test_entries_of_what_rolled_back_are_never_written(container: Container) -> None:
+    from walletguard.audit.service import record
+    from walletguard.kit.db import unit_of_work
+
+    def refused_transaction() -> None:
+        with unit_of_work(container.sessions) as db:
+            record(db, container.clock, "test.rolled_back")
+            raise RuntimeError("refused")
+
+    def refused_savepoint(db: Session) -> None:
+        with db.begin_nested():
+            record(db, container.clock, "test.in_savepoint")
+            raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError):
+        refused_transaction()
+    with unit_of_work(container.sessions) as db:
+        record(db, container.clock, "test.kept_before")
+        with pytest.raises(RuntimeError):
+            refused_savepoint(db)
+        with db.begin_nested():
+            record(db, container.clock, "test.in_released_savepoint")
+        record(db, container.clock, "test.kept_after")
+    assert _events(container) == [
+        "test.kept_before",
+        "test.in_released_savepoint",
+        "test.kept_after",
+    ]
+    with unit_of_work(container.sessions) as db:
+        assert verify(db).ok
+
+
+def test_a_transaction_reads_its_own_entries(container: Container) -> None:
+    """Reading the log chains what the transaction has recorded so far (e.g. a case timeline
+    built right after the freeze it records)."""
+    import uuid
+
+    from walletguard.audit.service import events_for_holder, record
+    from walletguard.kit.db import unit_of_work
+
+    holder_id = uuid.uuid4()
+    with unit_of_work(container.sessions) as db:
+        entry = record(db, container.clock, "test.own", holder_id=holder_id)
+        rows, total = events_for_holder(db, holder_id, offset=0, limit=10)
+        assert total == 1
+        assert [r.event for r in rows] == ["test.own"]
+        assert entry.seq == 1
+        record(db, container.clock, "test.own_later", holder_id=holder_id)
     with unit_of_work(container.sessions) as db:
         report = verify(db)
     assert report.ok, report.problems

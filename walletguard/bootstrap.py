@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from walletguard.kit.clock import Clock, SystemClock
-from walletguard.kit.crypto import FieldCipher, load_cipher
+from walletguard.kit.crypto import FieldCipher, PinHasher, load_cipher, load_pin_hasher
 from walletguard.kit.db import create_db_engine, make_session_factory
 from walletguard.kit.settings import Settings
 
@@ -36,7 +36,8 @@ class Container:
     sessions: sessionmaker[Session]
     clock: Clock
     cipher: FieldCipher
-    hasher: PasswordHasher
+    hasher: PasswordHasher  # login passwords (Argon2id)
+    pin_hasher: PinHasher  # payment passwords (keyed HMAC-SHA256)
     # A real hash of a random secret: unknown numbers are "verified" against it so a login for
     # a number without an account costs the same time as one for a real account.
     dummy_password_hash: str = field(repr=False)
@@ -62,6 +63,7 @@ def build_container(
         clock=clock or SystemClock(),
         cipher=cipher,
         hasher=hasher,
+        pin_hasher=load_pin_hasher(settings, cipher),
         dummy_password_hash=hasher.hash(secrets.token_urlsafe(24)),
         created_key_file=created,
     )

@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import ClauseElement, Table, TextClause, event, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.sql.util import find_tables
 
 from walletguard.audit.models import AuditEntry, AuditHead
 from walletguard.kit.clock import Clock
@@ -56,26 +57,33 @@ def entry_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
-def _locked_head(session: Session) -> AuditHead:
-    """The chain's tip, locked until the caller's transaction ends.
+def _locked_head(session: Session) -> tuple[int, str]:
+    """The chain's tip (seq, hash), locked until the caller's transaction ends.
 
     On an empty log the head row does not exist yet, and ``FOR UPDATE`` locks nothing: two
     first entries would both become #1. So the row is created with ``ON CONFLICT DO NOTHING``
     first — a concurrent creator waits on the primary key until the other commits — and only
     then locked.
     """
-    locked = select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-    head = session.execute(locked).scalar_one_or_none()
-    if head is not None:
-        return head
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(AuditHead)
-        .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
-        .on_conflict_do_nothing(index_elements=[AuditHead.id])
-    )
-    return session.execute(locked).scalar_one()
+    locked = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == HEAD_ID).with_for_update()
+    head = session.execute(locked).first()
+    if head is None:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(
+            insert(AuditHead)
+            .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=[AuditHead.id])
+        )
+        head = session.execute(locked).one()
+    return int(head[0]), str(head[1])
+
+
+_LOG = cast(Table, AuditEntry.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
+# Entries recorded in a session and not chained yet: (entry, the transaction it was recorded in).
+_PENDING = "walletguard.audit.pending"
+_AUDIT_TABLES = frozenset({"audit_log", "audit_head"})
 
 
 def record(
@@ -88,37 +96,127 @@ def record(
     ip: str | None = None,
     data: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
-    """Append one entry in the caller's transaction; it commits or rolls back with it."""
-    head = _locked_head(session)
-    at = clock.now()
-    payload = canonical_json(dict(data or {}))
-    seq = head.seq + 1
-    digest = entry_hash(
-        seq=seq,
-        at=at,
-        event=event,
-        holder_id=holder_id,
-        device_id=device_id,
-        ip=ip,
-        data=payload,
-        prev_hash=head.hash,
-    )
+    """Append one entry in the caller's transaction; it commits or rolls back with it.
+
+    The entry is chained (numbered, hashed, linked to the head) when the transaction commits,
+    in one step with every other entry of the transaction: the chain's head row is locked only
+    for those few statements before COMMIT, not for the whole transaction, so writers do not
+    queue on it while they do their other work. ``at`` is the time of the event. Reads of the
+    audit log in the same session chain what is pending first (they see their own entries);
+    ``chain_pending`` does it on demand, for a caller that needs ``seq`` or ``hash`` now.
+    """
     entry = AuditEntry(
-        seq=seq,
-        at=at,
+        at=clock.now(),
         event=event,
         holder_id=holder_id,
         device_id=device_id,
         ip=ip,
-        data=payload,
-        prev_hash=head.hash,
-        hash=digest,
+        data=canonical_json(dict(data or {})),
     )
-    session.add(entry)
-    head.seq = seq
-    head.hash = digest
-    session.flush()
+    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.setdefault(
+        _PENDING, []
+    )
+    pending.append((entry, session.get_nested_transaction() or session.get_transaction()))
     return entry
+
+
+def chain_pending(session: Session) -> None:
+    """Chain the session's pending entries now: lock the head, number, hash and insert them."""
+    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.get(_PENDING) or []
+    if not pending:
+        return
+    session.info[_PENDING] = []
+    seq, prev_hash = _locked_head(session)
+    rows: list[dict[str, Any]] = []
+    for entry, _ in pending:
+        seq += 1
+        entry.seq = seq
+        entry.prev_hash = prev_hash
+        entry.hash = entry_hash(
+            seq=seq,
+            at=entry.at,
+            event=entry.event,
+            holder_id=entry.holder_id,
+            device_id=entry.device_id,
+            ip=entry.ip,
+            data=entry.data,
+            prev_hash=prev_hash,
+        )
+        prev_hash = entry.hash
+        rows.append(
+            {
+                "seq": entry.seq,
+                "at": entry.at,
+                "event": entry.event,
+                "holder_id": entry.holder_id,
+                "device_id": entry.device_id,
+                "ip": entry.ip,
+                "data": entry.data,
+                "prev_hash": entry.prev_hash,
+                "hash": entry.hash,
+            }
+        )
+    session.execute(insert(_LOG), rows)
+    session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))
+
+
+def _is_ancestor_or_self(transaction: SessionTransaction, of: SessionTransaction | None) -> bool:
+    current = of
+    while current is not None:
+        if current is transaction:
+            return True
+        current = current.parent
+    return False
+
+
+@event.listens_for(Session, "before_commit")
+def _chain_before_commit(session: Session) -> None:
+    if session.in_nested_transaction() or not session.info.get(_PENDING):
+        return
+    # Everything else first, so that the head is locked only for the chaining and COMMIT.
+    session.flush()
+    chain_pending(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    """Entries recorded in a transaction (or savepoint) that rolled back are never written."""
+    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.get(_PENDING) or []
+    if not pending:
+        return
+    if previous_transaction.parent is None:
+        session.info[_PENDING] = []
+        return
+    session.info[_PENDING] = [
+        (entry, made_in)
+        for entry, made_in in pending
+        if not _is_ancestor_or_self(previous_transaction, made_in)
+    ]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _reads_see_pending(state: ORMExecuteState) -> None:
+    """A read of the audit log sees the entries its own transaction recorded."""
+    if not state.session.info.get(_PENDING):
+        return
+    statement = state.statement
+    if isinstance(statement, TextClause):
+        touches = "audit_" in statement.text
+    elif not isinstance(statement, ClauseElement):
+        touches = True
+    else:
+        touches = any(
+            getattr(table, "name", None) in _AUDIT_TABLES
+            for table in find_tables(statement, include_joins=True, include_aliases=True)
+        )
+    if touches:
+        chain_pending(state.session)
 
 
 @dataclass

@@ -776,7 +776,7 @@ class IdentityService:
 
     def store_pin(self, principal: Principal, holder: Holder, pin: str, *, event_via: str) -> None:
         first_time = holder.payment_pin_hash is None
-        holder.payment_pin_hash = self.env.hasher.hash(pin)
+        holder.payment_pin_hash = self.env.pin_hasher.hash(pin)
         holder.payment_pin_changed_at = self.clock.now()
         # A new payment password also lifts a lock from the old one's wrong tries.
         self.counters.reset(f"pin:{holder.id}")
@@ -809,22 +809,25 @@ class IdentityService:
             data={"credential": credential, "via": via},
         )
 
-    def verify_payment_password(self, principal: Principal, pin: str) -> None:
-        """Authorise a payment: 5 wrong tries lock payments, each lock twice the last."""
+    def verify_payment_password(self, principal: Principal, pin: str) -> Holder:
+        """Authorise a payment: 5 wrong tries lock payments, each lock twice the last.
+
+        The attempt is counted before the PIN is checked. A PIN still stored as Argon2id (set
+        before payment passwords became keyed hashes) is checked as such and, when right,
+        stored again in the current format. Returns the holder (callers reuse the row)."""
         holder = self._holder(principal.holder_id)
         if holder.payment_pin_hash is None:
             raise PaymentPasswordNotSet("identity.pin.not_set")
         key = f"pin:{holder.id}"
         max_failures = self.settings.pin_max_failures
         base = timedelta(minutes=self.settings.pin_lock_minutes)
-        previous_locks = self.counters.lock_count(key)
 
-        def schedule(failures: int) -> timedelta | None:
+        def schedule(failures: int, previous_locks: int) -> timedelta | None:
             if failures < max_failures:
                 return None
             return min(base * (1 << min(previous_locks, 12)), timedelta(days=7))
 
-        tries = self.counters.reserve(key, schedule)
+        tries = self.counters.reserve_escalating(key, schedule)
         if not tries.allowed:
             raise PaymentsLocked(
                 "identity.pin.locked",
@@ -832,7 +835,11 @@ class IdentityService:
                 headers={"Retry-After": str(tries.retry_after_s)},
                 minutes=max(1, -(-tries.retry_after_s // 60)),
             )
-        if not self._verify_password(holder.payment_pin_hash, pin):
+        pins = self.env.pin_hasher
+        stored = holder.payment_pin_hash
+        legacy = not pins.is_current(stored)
+        right = self._verify_password(stored, pin) if legacy else pins.verify(stored, pin)
+        if not right:
             audit.record(
                 self.db,
                 self.clock,
@@ -845,4 +852,7 @@ class IdentityService:
             raise PaymentPasswordWrong(
                 "identity.pin.wrong", remaining=max(0, max_failures - tries.failures)
             )
+        if legacy:
+            holder.payment_pin_hash = pins.hash(pin)
         self.counters.reset(key)
+        return holder

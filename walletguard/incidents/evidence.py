@@ -630,4 +630,6 @@ def export_package(service: IncidentService, case: IncidentCase) -> bytes:
             "entries": len(entries),
         },
     )
+    # Numbered now (the head is already this transaction's): the package names the receipt.
+    audit.chain_pending(db)
     return package(files, manifest_bytes, receipt, view.built_at)

@@ -20,6 +20,8 @@ from walletguard.kit.clock import Clock
 from walletguard.kit.db import Base
 
 LockSchedule = Callable[[int], timedelta | None]
+# A schedule that also knows how many locks the key has had before (locks that grow each time).
+EscalatingSchedule = Callable[[int, int], timedelta | None]
 
 
 class AttemptCounter(Base):
@@ -52,6 +54,15 @@ class AttemptCounters:
         ``schedule(n)`` gives the lock to apply after the n-th consecutive counted attempt (None
         for no lock). With ``window``, counts older than the window start again from one.
         """
+        return self.reserve_escalating(
+            key, lambda failures, _locks: schedule(failures), window=window
+        )
+
+    def reserve_escalating(
+        self, key: str, schedule: EscalatingSchedule, *, window: timedelta | None = None
+    ) -> Reservation:
+        """``reserve`` whose ``schedule(n, locks)`` also gets the number of earlier locks, read
+        in the same statement that counts the attempt."""
         now = self.clock.now()
         table = AttemptCounter.__table__
         dialect = self.db.get_bind().dialect.name
@@ -78,7 +89,7 @@ class AttemptCounters:
             wait = (locked_until - now).total_seconds() if locked_until else 1
             return Reservation(False, -1, math.ceil(wait))
         failures, lock_count = int(row[0]), int(row[1])
-        lock = schedule(failures)
+        lock = schedule(failures, lock_count)
         if lock is not None:
             self.db.execute(
                 update(AttemptCounter)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     login_ip_window_minutes: int = Field(default=10, ge=1)
 
     # Payment password: 5 wrong tries lock payments, each lock longer than the last.
+    # Key of the payment-PIN hashes (HMAC-SHA256), base64, 32+ bytes; never stored in the
+    # database. Unset: derived from the index key (HKDF, its own label). Changing it
+    # invalidates every stored payment password (holders set a new one).
+    pin_key: SecretStr | None = None
     pin_max_failures: int = Field(default=5, ge=1)
     pin_lock_minutes: int = Field(default=15, ge=1)
 
