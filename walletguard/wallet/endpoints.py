@@ -144,7 +144,9 @@ def _idempotent(
     render: Callable[[LedgerTransaction], tuple[int, dict[str, Any]]],
 ) -> JSONResponse:
     call = IdempotentRequest(db, env, principal.holder_id, key, operation, request)
-    stored = call.replay()
+    # The key first: a retry gets the first response (nothing else checked or written), and
+    # a concurrent request with the same key waits here for the first one to finish.
+    stored = call.claim()
     if stored is not None:
         return _replayed(stored)
     try:

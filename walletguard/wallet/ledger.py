@@ -16,12 +16,13 @@ are never updated or deleted.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from walletguard.kit.clock import Clock
 from walletguard.kit.db import is_postgres
@@ -71,6 +72,14 @@ class RefundExceedsOriginal(Conflict):
         )
 
 
+def holder_code(holder_id: uuid.UUID) -> str:
+    return f"{HOLDER}:{holder_id}"
+
+
+def merchant_code(name: str) -> str:
+    return f"{MERCHANT}:{name}"
+
+
 def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -82,10 +91,7 @@ class Ledger:
 
     # -- accounts --------------------------------------------------------------------------
 
-    def _ensure(self, code: str, kind: str, holder_id: uuid.UUID | None = None) -> LedgerAccount:
-        existing = self.db.scalar(select(LedgerAccount).where(LedgerAccount.code == code))
-        if existing is not None:
-            return existing
+    def _insert_account(self, code: str, kind: str, holder_id: uuid.UUID | None) -> None:
         # Created on first use by whichever request gets there first; a concurrent creator
         # waits on the unique code and then finds the row.
         insert_fn = postgresql.insert if is_postgres(self.db) else sqlite.insert
@@ -103,6 +109,12 @@ class Ledger:
             )
             .on_conflict_do_nothing(index_elements=[LedgerAccount.code])
         )
+
+    def _ensure(self, code: str, kind: str, holder_id: uuid.UUID | None = None) -> LedgerAccount:
+        existing = self.db.scalar(select(LedgerAccount).where(LedgerAccount.code == code))
+        if existing is not None:
+            return existing
+        self._insert_account(code, kind, holder_id)
         return self.db.scalars(select(LedgerAccount).where(LedgerAccount.code == code)).one()
 
     def holder_account(self, holder_id: uuid.UUID) -> LedgerAccount:
@@ -123,17 +135,39 @@ class Ledger:
         """Lock the accounts a movement touches, in id order (PostgreSQL; SQLite has one writer)."""
         if not is_postgres(self.db):
             return
-        ordered = sorted(set(account_ids), key=str)
-        for account_id in ordered:
-            # One statement per row, in order: a single IN (...) FOR UPDATE does not promise
-            # the order in which it takes its locks. FOR NO KEY UPDATE, not FOR UPDATE: the
-            # foreign keys of other movements' rows take KEY SHARE locks on these accounts, and
-            # FOR UPDATE would wait for them and deadlock; no key is changed here.
-            self.db.execute(
-                select(LedgerAccount.id)
-                .where(LedgerAccount.id == account_id)
-                .with_for_update(key_share=True)
-            )
+        # One statement: PostgreSQL sorts before it locks (ORDER BY runs below the row locks),
+        # so the rows are locked in id order. FOR NO KEY UPDATE, not FOR UPDATE: the foreign
+        # keys of other movements' rows take KEY SHARE locks on these accounts, and FOR UPDATE
+        # would wait for them and deadlock; no key is changed here.
+        self.db.execute(
+            select(LedgerAccount.id)
+            .where(LedgerAccount.id.in_(sorted(set(account_ids), key=str)))
+            .order_by(LedgerAccount.id)
+            .with_for_update(key_share=True)
+        )
+
+    def locked_accounts(
+        self, wanted: Mapping[str, tuple[str, uuid.UUID | None]]
+    ) -> dict[str, uuid.UUID]:
+        """The ids of the accounts with these codes (``code: (kind, holder_id)``), created if
+        need be and locked in id order like ``lock``: one statement when they all exist."""
+        codes = sorted(wanted)
+        query = (
+            select(LedgerAccount.code, LedgerAccount.id)
+            .where(LedgerAccount.code.in_(codes))
+            .order_by(LedgerAccount.id)
+        )
+        if is_postgres(self.db):
+            query = query.with_for_update(key_share=True)
+        found = {str(code): account_id for code, account_id in self.db.execute(query)}
+        missing = [code for code in codes if code not in found]
+        if not missing:
+            return found
+        for code in missing:
+            kind, holder_id = wanted[code]
+            self._insert_account(code, kind, holder_id)
+        # The new rows are this transaction's (or a concurrent creator's, now committed).
+        return {str(code): account_id for code, account_id in self.db.execute(query)}
 
     # -- movements -------------------------------------------------------------------------
 
@@ -165,46 +199,46 @@ class Ledger:
     def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
         account = LedgerAccount
         x = txn.amount_fen
-        if txn.hold_account_id == txn.from_account_id:
+        debit_id, credit_id = txn.from_account_id, txn.to_account_id
+        is_debit = account.id == debit_id
+        pending: ColumnElement[int] | InstrumentedAttribute[int]
+        if txn.hold_account_id == debit_id:
             # The hold already proved the money is there; it becomes the debit.
-            debit = (
-                update(account)
-                .where(account.id == txn.from_account_id, account.pending_fen >= x)
-                .values(balance_fen=account.balance_fen - x, pending_fen=account.pending_fen - x)
-            )
+            debit_allowed = account.pending_fen >= x
+            pending = case((is_debit, account.pending_fen - x), else_=account.pending_fen)
         else:
-            debit = (
-                update(account)
-                .where(
-                    account.id == txn.from_account_id,
-                    or_(
-                        account.allow_negative.is_(True),
-                        account.balance_fen - account.pending_fen >= x,
-                    ),
-                )
-                .values(balance_fen=account.balance_fen - x)
+            debit_allowed = or_(
+                account.allow_negative.is_(True), account.balance_fen - account.pending_fen >= x
             )
-        credit = (
+            pending = account.pending_fen
+        # Both legs in one conditional UPDATE: the debit's own check is in its WHERE, so the
+        # statement changes two rows or the money is not there. The rows are already locked
+        # (lock()), in id order, so this statement cannot deadlock on them.
+        legs = self.db.execute(
             update(account)
-            .where(account.id == txn.to_account_id)
-            .values(balance_fen=account.balance_fen + x)
+            .where(
+                account.id.in_([debit_id, credit_id]),
+                or_(account.id != debit_id, debit_allowed),
+            )
+            .values(
+                balance_fen=account.balance_fen + case((is_debit, -x), else_=x),
+                pending_fen=pending,
+            )
+            .execution_options(synchronize_session=False)
         )
-        # The rows are already locked (lock()), so the order of these two does not matter.
-        for statement in (debit, credit):
-            done = self.db.execute(statement.execution_options(synchronize_session=False))
-            if _rowcount(done) != 1:
-                raise InsufficientBalance()
+        if _rowcount(legs) != 2:
+            raise InsufficientBalance()
         self.db.add_all(
             [
                 Posting(
                     transaction_id=txn.id,
-                    account_id=txn.from_account_id,
+                    account_id=debit_id,
                     amount_fen=-x,
                     created_at=now,
                 ),
                 Posting(
                     transaction_id=txn.id,
-                    account_id=txn.to_account_id,
+                    account_id=credit_id,
                     amount_fen=x,
                     created_at=now,
                 ),
@@ -217,10 +251,12 @@ class Ledger:
         self.db.flush()
         return txn
 
-    def post_new(self, txn: LedgerTransaction) -> LedgerTransaction:
-        """Record a movement and post it at once (no hold): both legs, or nothing."""
+    def post_new(self, txn: LedgerTransaction, *, locked: bool = False) -> LedgerTransaction:
+        """Record a movement and post it at once (no hold): both legs, or nothing.
+        ``locked``: the caller has locked both accounts already (``locked_accounts``)."""
         now = self.clock.now()
-        self.lock(txn.from_account_id, txn.to_account_id)
+        if not locked:
+            self.lock(txn.from_account_id, txn.to_account_id)
         txn.status = POSTED
         txn.posted_at = now
         self.db.add(txn)

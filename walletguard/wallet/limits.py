@@ -147,12 +147,19 @@ class Limits:
         return setting, raised
 
     def check(
-        self, holder_id: uuid.UUID, kind: str, amount_fen: int, *, debited_card: uuid.UUID | None
+        self,
+        holder_id: uuid.UUID,
+        kind: str,
+        amount_fen: int,
+        *,
+        debited_card: uuid.UUID | None,
+        holder_facts: repository.MovementFacts | None = None,
     ) -> None:
         """LimitExceeded unless this movement fits every limit that counts it.
 
         Call with the holder's wallet state locked, so that two movements cannot both fit the
-        same remaining daily allowance.
+        same remaining daily allowance. ``holder_facts`` (read under that lock) saves the
+        holder's own queries: what was spent today, and whether any limit was ever set.
         """
         scopes: list[tuple[str, uuid.UUID | None]] = []
         if kind in HOLDER_COUNTED_KINDS:
@@ -160,13 +167,23 @@ class Limits:
         if debited_card is not None and kind in CARD_COUNTED_KINDS:
             scopes.append(("card", debited_card))
         for scope, card_id in scopes:
-            per_txn = self.state(holder_id, card_id, PER_TRANSACTION).amount_fen
+            facts = holder_facts if card_id is None else None
+            defaults = facts is not None and not facts.has_limit_settings
+            per_txn = (
+                self._default(PER_TRANSACTION)
+                if defaults
+                else self.state(holder_id, card_id, PER_TRANSACTION).amount_fen
+            )
             if amount_fen > per_txn:
                 raise LimitExceeded(
                     scope=scope, period=PER_TRANSACTION, limit_fen=per_txn, remaining_fen=per_txn
                 )
-            daily = self.state(holder_id, card_id, DAILY).amount_fen
-            used = self.used_today(holder_id, card_id)
+            daily = (
+                self._default(DAILY)
+                if defaults
+                else self.state(holder_id, card_id, DAILY).amount_fen
+            )
+            used = facts.spent_today_fen if facts else self.used_today(holder_id, card_id)
             if used + amount_fen > daily:
                 raise LimitExceeded(
                     scope=scope, period=DAILY, limit_fen=daily, remaining_fen=daily - used

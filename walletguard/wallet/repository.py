@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -16,6 +16,7 @@ from walletguard.kit.db import is_postgres
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,
+    LedgerAccount,
     LedgerTransaction,
     WalletLimit,
     WalletState,
@@ -178,21 +179,88 @@ def lock_wallet_state(db: Session, holder_id: uuid.UUID, now: datetime) -> Walle
     """The holder's wallet state, created if need be, locked for this transaction.
 
     Every movement takes this lock first: it serialises one holder's movements, so the kill
-    switch and the daily limits are judged against everything that committed before.
+    switch and the daily limits are judged against everything that committed before. The row
+    almost always exists: one locking SELECT, and only when it finds nothing the INSERT.
     """
+    locked = (
+        select(WalletState)
+        .where(WalletState.holder_id == holder_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    state = db.execute(locked).scalar_one_or_none()
+    if state is not None:
+        return state
     insert_fn = postgresql.insert if is_postgres(db) else sqlite.insert
     db.execute(
         insert_fn(WalletState)
         .values(holder_id=holder_id, created_at=now)
         .on_conflict_do_nothing(index_elements=[WalletState.holder_id])
     )
-    state = db.execute(
-        select(WalletState)
-        .where(WalletState.holder_id == holder_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    return state
+    return db.execute(locked).scalar_one()
+
+
+@dataclass(frozen=True)
+class MovementFacts:
+    """What a new movement of a holder is judged on, read in one statement under the holder's
+    wallet-state lock."""
+
+    spent_today_fen: int  # the holder's counted movements since local midnight
+    has_limit_settings: bool  # any limit setting of the holder's own (else the defaults)
+    expired_pending: bool  # a pending movement past its expiry, to void first
+    available_fen: int | None  # the holder account's balance minus holds (None: no account)
+
+
+def movement_facts(
+    db: Session,
+    holder_id: uuid.UUID,
+    *,
+    since: datetime,
+    now: datetime,
+    counted_kinds: Sequence[str],
+    holder_account_code: str,
+) -> MovementFacts:
+    txn = LedgerTransaction
+    counted = case(
+        (
+            (txn.created_at >= since)
+            & txn.kind.in_(counted_kinds)
+            & txn.status.in_(LIVE_MOVEMENT_STATUSES),
+            txn.amount_fen,
+        ),
+        else_=0,
+    )
+    expired = case(
+        ((txn.status == "pending") & txn.expires_at.is_not(None) & (txn.expires_at <= now), 1),
+        else_=0,
+    )
+    has_settings = (
+        select(WalletLimit.id)
+        .where(WalletLimit.holder_id == holder_id, WalletLimit.card_id.is_(None))
+        .exists()
+    )
+    available = (
+        select(LedgerAccount.balance_fen - LedgerAccount.pending_fen)
+        .where(LedgerAccount.code == holder_account_code)
+        .scalar_subquery()
+    )
+    row = db.execute(
+        select(
+            func.coalesce(func.sum(counted), 0),
+            func.coalesce(func.max(expired), 0),
+            has_settings,
+            available,
+        ).where(
+            txn.holder_id == holder_id,
+            (txn.created_at >= since) | (txn.status == "pending"),
+        )
+    ).one()
+    return MovementFacts(
+        spent_today_fen=int(row[0]),
+        has_limit_settings=bool(row[2]),
+        expired_pending=bool(row[1]),
+        available_fen=None if row[3] is None else int(row[3]),
+    )
 
 
 def wallet_state(db: Session, holder_id: uuid.UUID) -> WalletState | None:
@@ -208,6 +276,27 @@ def idempotency_record(db: Session, holder_id: uuid.UUID, key: str) -> Idempoten
         .where(IdempotencyRecord.holder_id == holder_id, IdempotencyRecord.key == key)
         .execution_options(populate_existing=True)
     ).scalar_one_or_none()
+
+
+def claim_idempotency_key(db: Session, record: IdempotencyRecord) -> bool:
+    """Insert the key unless the holder already used it; True if this request has it now.
+
+    One statement. A concurrent request with the same key waits here (PostgreSQL) until the
+    first one commits, and then finds it taken."""
+    insert_fn = postgresql.insert if is_postgres(db) else sqlite.insert
+    claimed = db.execute(
+        insert_fn(IdempotencyRecord)
+        .values(
+            id=record.id,
+            holder_id=record.holder_id,
+            key=record.key,
+            request_hash=record.request_hash,
+            created_at=record.created_at,
+        )
+        .on_conflict_do_nothing(index_elements=[IdempotencyRecord.holder_id, IdempotencyRecord.key])
+        .returning(IdempotencyRecord.id)
+    ).first()
+    return claimed is not None
 
 
 def store_idempotent_response(db: Session, record_id: uuid.UUID, status: int, body: str) -> None:

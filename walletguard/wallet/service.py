@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from walletguard.alerts import service as alerts
@@ -62,13 +61,17 @@ from walletguard.wallet import repository
 from walletguard.wallet.bins import InvalidCardNumber, validate_card_number
 from walletguard.wallet.ledger import (
     FAILED,
+    HOLDER,
+    MERCHANT,
     PENDING,
     POSTED,
     VOIDED,
     Ledger,
     MovementNotPending,
+    holder_code,
+    merchant_code,
 )
-from walletguard.wallet.limits import Limits
+from walletguard.wallet.limits import HOLDER_COUNTED_KINDS, Limits, local_midnight
 from walletguard.wallet.models import Card, IdempotencyRecord, LedgerTransaction, WalletState
 from walletguard.wallet.repository import MovementFilter
 
@@ -230,11 +233,12 @@ def request_fingerprint(operation: str, request: Mapping[str, Any]) -> str:
 class IdempotentRequest:
     """One money request under a client's Idempotency-Key (scoped to the holder).
 
-    ``replay`` answers a retry from the stored first response (or 409 for the same key with a
-    different request) without writing anything; ``claim`` inserts the key under its unique
-    constraint just before the request writes, so of two concurrent requests with one key
-    exactly one executes; ``complete`` stores the response in the same transaction as the
-    movement, so a response is stored if and only if the movement committed.
+    ``claim`` inserts the key under its unique constraint before the request does anything
+    else, or answers a retry from the stored first response (409 for the same key with a
+    different request), so of two concurrent requests with one key exactly one executes;
+    ``release`` gives the key back when a refusal is committed; ``complete`` stores the
+    response in the same transaction as the movement, so a response is stored if and only if
+    the movement committed. ``replay`` only looks.
     """
 
     def __init__(
@@ -273,7 +277,12 @@ class IdempotentRequest:
         return None if record is None else self._stored(record)
 
     def claim(self) -> StoredResponse | None:
-        """Take the key for this request, or the first response if another request had it."""
+        """Take the key for this request, or the first response if another request had it.
+
+        Called by the endpoint before the request does anything else (one INSERT … ON
+        CONFLICT DO NOTHING, no savepoint); a second call in the same request is a no-op."""
+        if self.record_id is not None:
+            return None
         record = IdempotencyRecord(
             id=uuid.uuid4(),
             holder_id=self.holder_id,
@@ -281,18 +290,14 @@ class IdempotentRequest:
             request_hash=self.fingerprint,
             created_at=self.env.clock.now(),
         )
-        try:
-            with self.db.begin_nested():
-                self.db.add(record)
-                self.db.flush()
-        except IntegrityError:
-            # Another request with this key committed first (PostgreSQL made us wait for it).
-            existing = repository.idempotency_record(self.db, self.holder_id, self.key)
-            if existing is None:
-                raise IdempotencyRequestInProgress() from None
-            return self._stored(existing)
-        self.record_id = record.id
-        return None
+        if repository.claim_idempotency_key(self.db, record):
+            self.record_id = record.id
+            return None
+        # Another request with this key came first (PostgreSQL made us wait for it to commit).
+        existing = repository.idempotency_record(self.db, self.holder_id, self.key)
+        if existing is None:
+            raise IdempotencyRequestInProgress()
+        return self._stored(existing)
 
     def complete(self, status: int, body: Mapping[str, Any]) -> None:
         if self.record_id is None:
@@ -357,6 +362,7 @@ class WalletService:
         self.limits = Limits(db, env)
         self.bank = bank_gateway(db, env)
         self.counters = AttemptCounters(db, env.clock)
+        self._payer: object | None = None
 
     # -- seams ---------------------------------------------------------------------------
 
@@ -379,6 +385,7 @@ class WalletService:
         *,
         payee_label: str | None = None,
         source: str = "balance",
+        available_fen: int | None = None,
     ) -> str:
         """Ask the risk engine "may this movement happen?" before it is written (control
         ``risk_engine``). A refusal raises its problem (``risk-challenge``, ``risk-hold``,
@@ -390,8 +397,7 @@ class WalletService:
         if source == "card" and card is not None:
             balance = self.bank.balance_of(self._card_number(card))
         else:
-            account = self.ledger.find_holder_account(principal.holder_id)
-            balance = account.balance_fen - account.pending_fen if account else 0
+            balance = available_fen or 0
         event = RiskEvent(
             kind="movement",
             holder_id=principal.holder_id,
@@ -517,6 +523,41 @@ class WalletService:
         if state is not None and is_closed(state, self.clock.now()):
             raise TransactionsClosed(state)
 
+    def _judge_movement(
+        self, principal: Principal, kind: str, amount_fen: int, debited_card: Card | None
+    ) -> repository.MovementFacts:
+        """Steps 5 of a new movement: lock the holder's wallet state, refuse if it is closed,
+        void expired holds, check the limits. Returns what was read under the lock (the
+        holder's available balance among it)."""
+        holder_id = principal.holder_id
+        now = self.clock.now()
+        state = repository.lock_wallet_state(self.db, holder_id, now)
+        if is_closed(state, now):
+            raise TransactionsClosed(state)
+
+        def read() -> repository.MovementFacts:
+            return repository.movement_facts(
+                self.db,
+                holder_id,
+                since=local_midnight(now),
+                now=now,
+                counted_kinds=HOLDER_COUNTED_KINDS,
+                holder_account_code=holder_code(holder_id),
+            )
+
+        facts = read()
+        if facts.expired_pending:
+            self.void_expired_holds(holder_id)
+            facts = read()
+        self.limits.check(
+            holder_id,
+            kind,
+            amount_fen,
+            debited_card=debited_card.id if debited_card else None,
+            holder_facts=facts,
+        )
+        return facts
+
     def _lock_for_movement(self, holder_id: uuid.UUID) -> WalletState:
         state = repository.lock_wallet_state(self.db, holder_id, self.clock.now())
         if is_closed(state, self.clock.now()):
@@ -526,7 +567,11 @@ class WalletService:
 
     def _authorise(self, principal: Principal, payment_password: str) -> None:
         self._refuse_if_closed(principal.holder_id)
-        IdentityService(self.db, self.env).verify_payment_password(principal, payment_password)
+        # Kept: the movement's alert goes to this holder, and the session's identity map holds
+        # rows only while something refers to them.
+        self._payer = IdentityService(self.db, self.env).verify_payment_password(
+            principal, payment_password
+        )
 
     def _new_movement(
         self,
@@ -574,8 +619,8 @@ class WalletService:
         self.ledger.record_pending(txn)
         self._audit("movement.created", txn, card=card)
 
-    def _post_new(self, txn: LedgerTransaction, card: Card | None) -> None:
-        self.ledger.post_new(txn)
+    def _post_new(self, txn: LedgerTransaction, card: Card | None, *, locked: bool = False) -> None:
+        self.ledger.post_new(txn, locked=locked)
         self._audit("movement.created", txn, card=card)
         self._audit("movement.posted", txn, card=card)
 
@@ -906,8 +951,7 @@ class WalletService:
             return stored
         source = self.ledger.settlement_account(card.bank_code)
         target = self.ledger.holder_account(principal.holder_id)
-        self._lock_for_movement(principal.holder_id)
-        self.limits.check(principal.holder_id, TOP_UP, amount_fen, debited_card=card.id)
+        self._judge_movement(principal, TOP_UP, amount_fen, card)
         self._guard_movement(principal, TOP_UP, amount_fen)
         risk = self._risk_decision(principal, TOP_UP, amount_fen, card, None, source="card")
         txn = self._new_movement(
@@ -940,10 +984,11 @@ class WalletService:
             return stored
         source = self.ledger.holder_account(principal.holder_id)
         target = self.ledger.settlement_account(card.bank_code)
-        self._lock_for_movement(principal.holder_id)
-        self.limits.check(principal.holder_id, WITHDRAW, amount_fen, debited_card=None)
+        facts = self._judge_movement(principal, WITHDRAW, amount_fen, None)
         self._guard_movement(principal, WITHDRAW, amount_fen)
-        risk = self._risk_decision(principal, WITHDRAW, amount_fen, card, None)
+        risk = self._risk_decision(
+            principal, WITHDRAW, amount_fen, card, None, available_fen=facts.available_fen
+        )
         txn = self._new_movement(
             principal,
             kind=WITHDRAW,
@@ -981,27 +1026,35 @@ class WalletService:
         card = self._bound_card(principal.holder_id, card_id) if card_id else None
         if idem is not None and (stored := idem.claim()) is not None:
             return stored
-        target = self.ledger.merchant_account(merchant)
-        source = (
-            self.ledger.settlement_account(card.bank_code)
-            if card
-            else self.ledger.holder_account(principal.holder_id)
-        )
-        self._lock_for_movement(principal.holder_id)
-        self.limits.check(
-            principal.holder_id, PAYMENT, amount_fen, debited_card=card.id if card else None
-        )
+        facts = self._judge_movement(principal, PAYMENT, amount_fen, card)
         self._guard_movement(principal, PAYMENT, amount_fen)
         risk = self._risk_decision(
-            principal, PAYMENT, amount_fen, card, merchant, source="card" if card else "balance"
+            principal,
+            PAYMENT,
+            amount_fen,
+            card,
+            merchant,
+            source="card" if card else "balance",
+            available_fen=facts.available_fen,
         )
+        if card is not None:
+            source_id = self.ledger.settlement_account(card.bank_code).id
+            target_id = self.ledger.merchant_account(merchant).id
+        else:
+            # The accounts are locked last, just before the money moves: a merchant's account
+            # is shared by every payer, so it is held for as short a time as possible.
+            payer, payee = holder_code(principal.holder_id), merchant_code(merchant)
+            ids = self.ledger.locked_accounts(
+                {payer: (HOLDER, principal.holder_id), payee: (MERCHANT, None)}
+            )
+            source_id, target_id = ids[payer], ids[payee]
         txn = self._new_movement(
             principal,
             kind=PAYMENT,
             amount_fen=amount_fen,
             source="card" if card else "balance",
-            from_account=source.id,
-            to_account=target.id,
+            from_account=source_id,
+            to_account=target_id,
             card=card,
             payee=merchant,
             risk_decision=risk,
@@ -1009,7 +1062,7 @@ class WalletService:
         if card is not None:
             self._start_card_debit(txn, card, merchant)
         else:
-            self._post_new(txn, None)
+            self._post_new(txn, None, locked=True)
         return txn
 
     def transfer(
@@ -1051,16 +1104,7 @@ class WalletService:
             return stored
         sender_phone = identity.profile(principal.holder_id).phone
         payee = mask_phone(recipient_phone)
-        target = self.ledger.holder_account(recipient.id)
-        source = (
-            self.ledger.settlement_account(card.bank_code)
-            if card
-            else self.ledger.holder_account(principal.holder_id)
-        )
-        self._lock_for_movement(principal.holder_id)
-        self.limits.check(
-            principal.holder_id, TRANSFER, amount_fen, debited_card=card.id if card else None
-        )
+        facts = self._judge_movement(principal, TRANSFER, amount_fen, card)
         self._guard_movement(principal, TRANSFER, amount_fen)
         risk = self._risk_decision(
             principal,
@@ -1070,14 +1114,24 @@ class WalletService:
             recipient_phone,
             payee_label=payee,
             source="card" if card else "balance",
+            available_fen=facts.available_fen,
         )
+        if card is not None:
+            source_id = self.ledger.settlement_account(card.bank_code).id
+            target_id = self.ledger.holder_account(recipient.id).id
+        else:
+            payer, receiver = holder_code(principal.holder_id), holder_code(recipient.id)
+            ids = self.ledger.locked_accounts(
+                {payer: (HOLDER, principal.holder_id), receiver: (HOLDER, recipient.id)}
+            )
+            source_id, target_id = ids[payer], ids[receiver]
         txn = self._new_movement(
             principal,
             kind=TRANSFER,
             amount_fen=amount_fen,
             source="card" if card else "balance",
-            from_account=source.id,
-            to_account=target.id,
+            from_account=source_id,
+            to_account=target_id,
             card=card,
             payee=payee,
             risk_decision=risk,
@@ -1087,7 +1141,7 @@ class WalletService:
         if card is not None:
             self._start_card_debit(txn, card, text("wallet.bank_payee.transfer", payee=payee))
         else:
-            self._post_new(txn, None)
+            self._post_new(txn, None, locked=True)
         return txn
 
     def _own_movement(self, holder_id: uuid.UUID, movement_id: uuid.UUID) -> LedgerTransaction:

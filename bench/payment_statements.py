@@ -1,0 +1,203 @@
+"""The SQL statements of one ``POST /api/v1/payments``, numbered, with where each comes from.
+
+    .venv/bin/python bench/payment_statements.py [--database-url URL] [--verbose]
+
+Without ``--database-url`` a fresh PostgreSQL database is created next to
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` and dropped on exit; ``sqlite`` uses a
+temporary SQLite file. A holder is prepared through the API in process (TestClient), pays twice
+to warm every cache and lazily created row, and the third payment is traced: every statement
+the session sends (savepoints included), the module and line of walletguard that sent it, and
+the total. Counting statements is what this is for; the time of a payment is measured by
+``bench/bench_payments.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import secrets
+import sys
+import tempfile
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from walletguard.app import create_app  # noqa: E402
+from walletguard.bank.service import sandbox_bank  # noqa: E402
+from walletguard.bootstrap import build_container  # noqa: E402
+from walletguard.kit.db import unit_of_work  # noqa: E402
+from walletguard.kit.settings import Settings  # noqa: E402
+from walletguard.migrations import upgrade  # noqa: E402
+
+DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PHONE = "+8613912345678"
+PASSWORD = "Bench-Marmot-4471"
+PIN = "480915"
+CARD = "6222020000000000018"
+
+
+def _key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[str]:
+    if url == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/walletguard.db"
+        return
+    if url is not None:
+        yield url
+        return
+    admin_url = make_url(DEFAULT_ADMIN_URL)
+    name = f"wg_statements_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _origin() -> str:
+    """The innermost walletguard frame outside kit/db.py that led to this statement."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace("\\", "/")
+        if "/walletguard/" in path and "site-packages" not in path:
+            where = path.split("/walletguard/", 1)[1]
+            return f"{where}:{frame.lineno} {frame.name}"
+    return "?"
+
+
+def _code(client: TestClient, phone: str) -> str:
+    import re
+
+    messages = client.get(f"/api/v1/sandbox/phones/{phone}/messages").json()
+    match = re.search(r"(?<!\d)(\d{6})(?!\d)", messages[0]["body"])
+    assert match is not None
+    return match.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--database-url", help="a database to use as is, or 'sqlite'")
+    parser.add_argument("--verbose", action="store_true", help="print each statement's SQL")
+    args = parser.parse_args()
+    with database(args.database_url) as url, tempfile.TemporaryDirectory() as data:
+        settings = Settings(
+            data_dir=Path(data),
+            database_url=url,
+            field_keys=SecretStr(f'{{"s1": "{_key()}"}}'),
+            field_active_key="s1",
+            index_key=SecretStr(_key()),
+            argon2_time_cost=1,
+            argon2_memory_kib=8192,
+        )
+        container = build_container(settings)
+        upgrade(container.engine)
+        trace(container, verbose=args.verbose)
+        container.close()
+
+
+def trace(container: Any, *, verbose: bool) -> None:
+    with TestClient(create_app(container)) as client:
+        started = client.post("/api/v1/registrations", json={"phone": PHONE}).json()
+        done = client.post(
+            f"/api/v1/registrations/{started['registration_id']}/complete",
+            json={
+                "code": _code(client, PHONE),
+                "name": "测试",
+                "birthday": date(1991, 1, 1).isoformat(),
+                "password": PASSWORD,
+                "device": {"id": "statements", "label": "bench"},
+            },
+        ).json()
+        auth = {"authorization": f"Bearer {done['session_token']}"}
+        client.put(
+            "/api/v1/me/payment-password",
+            json={"login_password": PASSWORD, "payment_password": PIN},
+            headers=auth,
+        )
+        with unit_of_work(container.sessions) as db:
+            sandbox_bank(db, container).open_card_account(
+                number=CARD, holder_name="测试", reserved_phone_e164=PHONE, balance_fen=10**7
+            )
+        card = client.post(
+            "/api/v1/cards", json={"number": CARD, "reserved_phone": PHONE}, headers=auth
+        ).json()
+        client.post(
+            f"/api/v1/cards/{card['card_id']}/verify",
+            json={"code": _code(client, PHONE)},
+            headers=auth,
+        )
+        top_up = client.post(
+            "/api/v1/top-ups",
+            json={"card_id": card["card_id"], "amount": "1000.00", "payment_password": PIN},
+            headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+        ).json()
+        client.post(
+            f"/api/v1/movements/{top_up['movement_id']}/confirm",
+            json={"dynamic_password": _code(client, PHONE)},
+            headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+        )
+
+        def pay() -> int:
+            response = client.post(
+                "/api/v1/payments",
+                json={"merchant": "便利店01", "amount": "1.00", "payment_password": PIN},
+                headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
+            )
+            assert response.status_code == 201, response.text
+            return response.status_code
+
+        pay()
+        pay()
+        seen: list[tuple[str, str]] = []
+
+        def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            seen.append((statement, _origin()))
+
+        def on_begin(conn: Any) -> None:
+            seen.append(("BEGIN", _origin()))
+
+        def on_commit(conn: Any) -> None:
+            seen.append(("COMMIT", _origin()))
+
+        engine = container.engine
+        listeners = [
+            ("before_cursor_execute", before),
+            ("begin", on_begin),
+            ("commit", on_commit),
+        ]
+        for name, fn in listeners:
+            event.listen(engine, name, fn)
+        try:
+            pay()
+        finally:
+            for name, fn in listeners:
+                event.remove(engine, name, fn)
+    sql = [s for s in seen if s[0] not in ("BEGIN", "COMMIT")]
+    print(f"{engine.dialect.name}: {len(sql)} statements in one POST /api/v1/payments")
+    for number, (statement, origin) in enumerate(seen, start=1):
+        first = " ".join(statement.split())
+        shown = first if verbose else first[:90]
+        print(f"{number:3d}  {origin:<60} {shown}")
+
+
+if __name__ == "__main__":
+    main()
