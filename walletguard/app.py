@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from sqlalchemy import text as sql_text
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from walletguard import __version__
 from walletguard.alerts.endpoints import router as alerts_router
@@ -22,6 +23,30 @@ from walletguard.messages.endpoints import sandbox_router
 from walletguard.risk.endpoints import operator_router as risk_operator_router
 from walletguard.risk.endpoints import router as risk_router
 from walletguard.wallet.endpoints import router as wallet_router
+
+
+class RefuseOversizedBodies:
+    """413 problem for a request that declares a body over the limit, before anything reads it.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that wrapper runs every request through
+    an extra task and memory streams, a cost paid by each payment for a header check."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if value.isdigit() and int(value) > self.limit:
+                        request = Request(scope)
+                        error = PayloadTooLarge("error.payload_too_large.detail", limit=self.limit)
+                        response = problem_response(error, _lang(request), request.url.path)
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
 
 
 def create_app(container: Container | None = None) -> FastAPI:
@@ -45,17 +70,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     )
     app.state.container = container
     install_problem_handlers(app)
-    limit = container.settings.max_request_bytes
-
-    @app.middleware("http")
-    async def refuse_oversized_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            error = PayloadTooLarge("error.payload_too_large.detail", limit=limit)
-            return problem_response(error, _lang(request), request.url.path)
-        return await call_next(request)
+    app.add_middleware(RefuseOversizedBodies, limit=container.settings.max_request_bytes)
 
     app.include_router(identity_router)
     app.include_router(messages_router)
