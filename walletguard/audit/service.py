@@ -156,8 +156,14 @@ def chain_pending(session: Session) -> None:
                 "hash": entry.hash,
             }
         )
-    session.execute(insert(_LOG), rows)
-    session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash))
+    move_head = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash)
+    if session.get_bind().dialect.name == "postgresql":
+        # The entries and the new head in one statement (a data-modifying WITH): one round
+        # trip less while the head is locked.
+        session.execute(move_head.add_cte(insert(_LOG).values(rows).cte("chained")))
+    else:
+        session.execute(insert(_LOG), rows)
+        session.execute(move_head)
 
 
 def _is_ancestor_or_self(transaction: SessionTransaction, of: SessionTransaction | None) -> bool:
