@@ -310,6 +310,26 @@ def prepare_holder(port: int, index: int, open_card: Callable[[str, str], None])
         )
         number = _luhn_card(index + 1)
         open_card(number, phone)
+        # Binding a card is a sensitive action: an SMS step-up first (nothing stronger enrolled).
+        challenge = api.call(
+            "POST",
+            "/api/v1/step-up/challenges",
+            {"action": "bind_card", "factor": "sms"},
+            token=token,
+            expect=201,
+        )
+        api.call(
+            "POST",
+            "/api/v1/step-up",
+            {
+                "action": "bind_card",
+                "factor": "sms",
+                "challenge_id": challenge["challenge_id"],
+                "code": api.latest_code(phone),
+            },
+            token=token,
+            expect=201,
+        )
         card = api.call(
             "POST",
             "/api/v1/cards",

@@ -137,6 +137,22 @@ def trace(container: Any, *, verbose: bool) -> None:
             sandbox_bank(db, container).open_card_account(
                 number=CARD, holder_name="测试", reserved_phone_e164=PHONE, balance_fen=10**7
             )
+        # Binding a card is a sensitive action: an SMS step-up first.
+        challenge = client.post(
+            "/api/v1/step-up/challenges",
+            json={"action": "bind_card", "factor": "sms"},
+            headers=auth,
+        ).json()
+        client.post(
+            "/api/v1/step-up",
+            json={
+                "action": "bind_card",
+                "factor": "sms",
+                "challenge_id": challenge["challenge_id"],
+                "code": _code(client, PHONE),
+            },
+            headers=auth,
+        )
         card = client.post(
             "/api/v1/cards", json={"number": CARD, "reserved_phone": PHONE}, headers=auth
         ).json()

@@ -23,7 +23,14 @@ from tests.alerts_support import (
     recording_adapters,
 )
 from tests.conftest import Holder, login, make_settings, register
-from tests.wallet_support import PIN, funded_holder, latest_sms, money_post, wallet_holder
+from tests.wallet_support import (
+    PIN,
+    funded_holder,
+    latest_sms,
+    money_post,
+    step_up_for,
+    wallet_holder,
+)
 from walletguard.alerts import service as alerts
 from walletguard.alerts.models import Alert, AlertChannel, AlertDelivery
 from walletguard.alerts.worker import claim_due, deliver_due
@@ -178,6 +185,7 @@ def test_closing_and_reopening_transactions_is_alerted(
 ) -> None:
     holder = wallet_holder(client, container, PHONE)
     assert client.post("/api/v1/wallet/close", headers=holder.auth).status_code == 200
+    step_up_for(client, container, holder, "reopen_payments")
     assert client.post("/api/v1/wallet/reopen", headers=holder.auth).status_code == 202
     assert client.post("/api/v1/wallet/close", headers=holder.auth).status_code == 200
     kinds = [a.kind for a in alerts_of(container, holder)]

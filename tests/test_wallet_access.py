@@ -85,7 +85,7 @@ CALLS = {
     "bind card": Call(
         "POST",
         lambda w: "/api/v1/cards",
-        lambda w: {"number": "6222020000000000000", "reserved_phone": PHONE},
+        lambda w: {"number": "6222020000000000001", "reserved_phone": PHONE},
         422,  # Luhn: the owner gets past authentication to the input check
         422,
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,10 +18,12 @@ from tests.wallet_support import (
     latest_sms_code,
     money_post,
     open_card,
+    step_up_for,
     table_counts,
     wallet_holder,
 )
 from walletguard.bootstrap import Container
+from walletguard.kit.clock import ManualClock
 from walletguard.kit.i18n import text
 from walletguard.models import Base
 
@@ -32,6 +36,7 @@ def test_binding_a_card_end_to_end(client: TestClient, container: Container) -> 
     number = card_number(serial=42)
     open_card(container, number=number, name="张伟", phone=PHONE, balance_fen=100)
     spaced = " ".join(number[i : i + 4] for i in range(0, len(number), 4))
+    step_up_for(client, container, holder, "bind_card")
     started = client.post(
         "/api/v1/cards",
         json={"number": spaced, "reserved_phone": "138 1234 5678"},
@@ -109,6 +114,7 @@ def test_a_card_the_bank_does_not_confirm_is_not_bound(
     open_card(container, number=number, name="李娜", phone=OTHER_PHONE, balance_fen=100)
     before = table_counts(container, *MONEY_TABLES)
     for reserved in (PHONE, OTHER_PHONE):
+        step_up_for(client, container, holder, "bind_card")
         response = client.post(
             "/api/v1/cards",
             json={"number": number, "reserved_phone": reserved},
@@ -116,6 +122,7 @@ def test_a_card_the_bank_does_not_confirm_is_not_bound(
         )
         assert_problem(response, 422, "bank-verification-failed")
     assert table_counts(container, *MONEY_TABLES) == before
+    step_up_for(client, container, holder, "bind_card")
     unknown = client.post(
         "/api/v1/cards",
         json={"number": card_number(serial=44), "reserved_phone": PHONE},
@@ -124,9 +131,14 @@ def test_a_card_the_bank_does_not_confirm_is_not_bound(
     assert_problem(unknown, 422, "bank-verification-failed")
 
 
-def test_failed_bindings_are_limited(client: TestClient, container: Container) -> None:
+def test_failed_bindings_are_limited(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
     holder = wallet_holder(client, container, PHONE)
     for serial in range(5):
+        # A failed binding spends its step-up; SMS step-ups are limited to 5 an hour.
+        clock.advance(timedelta(minutes=16))
+        step_up_for(client, container, holder, "bind_card")
         response = client.post(
             "/api/v1/cards",
             json={"number": card_number(serial=100 + serial), "reserved_phone": PHONE},
@@ -135,6 +147,8 @@ def test_failed_bindings_are_limited(client: TestClient, container: Container) -
         assert_problem(response, 422, "bank-verification-failed")
     number = card_number(serial=200)
     open_card(container, number=number, name="张伟", phone=PHONE, balance_fen=0)
+    clock.advance(timedelta(minutes=16))
+    step_up_for(client, container, holder, "bind_card")
     response = client.post(
         "/api/v1/cards", json={"number": number, "reserved_phone": PHONE}, headers=holder.auth
     )
@@ -142,10 +156,11 @@ def test_failed_bindings_are_limited(client: TestClient, container: Container) -
 
 
 def test_successful_bindings_do_not_use_up_the_allowance(
-    client: TestClient, container: Container
+    client: TestClient, container: Container, clock: ManualClock
 ) -> None:
     holder = wallet_holder(client, container, PHONE)
     for serial in range(7):
+        clock.advance(timedelta(minutes=16))  # each binding's SMS step-up: 5 an hour
         number = card_number(serial=300 + serial)
         open_card(container, number=number, name="张伟", phone=PHONE, balance_fen=0)
         bind_card(client, container, holder, number)
@@ -175,6 +190,7 @@ def test_another_holders_card_is_not_found_and_cannot_be_bound_twice(
         assert_problem(money_post(client, path, body, other), 404, "not-found")
     # Same name, same reserved phone even: a card bound to one wallet is refused to another,
     # without saying so.
+    step_up_for(client, container, other, "bind_card")
     response = client.post(
         "/api/v1/cards", json={"number": number, "reserved_phone": PHONE}, headers=other.auth
     )
@@ -240,10 +256,12 @@ def test_a_pending_binding_can_be_restarted(client: TestClient, container: Conta
     holder = wallet_holder(client, container, PHONE)
     number = card_number(serial=45)
     open_card(container, number=number, name="张伟", phone=PHONE, balance_fen=0)
+    step_up_for(client, container, holder, "bind_card")
     first = client.post(
         "/api/v1/cards", json={"number": number, "reserved_phone": PHONE}, headers=holder.auth
     ).json()
     old_code = latest_sms_code(container, PHONE)
+    step_up_for(client, container, holder, "bind_card")
     second = client.post(
         "/api/v1/cards", json={"number": number, "reserved_phone": PHONE}, headers=holder.auth
     ).json()

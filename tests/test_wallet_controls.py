@@ -21,6 +21,7 @@ from tests.wallet_support import (
     latest_sms_code,
     money_post,
     principal_of,
+    step_up_for,
     table_counts,
     wallet,
 )
@@ -93,6 +94,11 @@ def test_closing_refuses_every_movement_at_once(
     assert table_counts(container, *MONEY_TABLES) == before
     assert not audit_events(container, "payment_password.failed")
 
+    # Reopening is a sensitive action: without a fresh step-up it is refused.
+    assert_problem(
+        client.post("/api/v1/wallet/reopen", headers=holder.auth), 403, "step-up-required"
+    )
+    step_up_for(client, container, holder, "reopen_payments")
     reopening = client.post("/api/v1/wallet/reopen", headers=holder.auth)
     assert reopening.status_code == 202
     reopens_at = reopening.json()["reopens_at"]
@@ -117,7 +123,8 @@ def test_closing_again_cancels_a_reopening_and_is_idempotent(
     client.post("/api/v1/wallet/close", headers=holder.auth)
     client.post("/api/v1/wallet/close", headers=holder.auth)
     assert [e.event for e in audit_events(container, "wallet.")] == ["wallet.transactions_closed"]
-    client.post("/api/v1/wallet/reopen", headers=holder.auth)
+    step_up_for(client, container, holder, "reopen_payments")
+    assert client.post("/api/v1/wallet/reopen", headers=holder.auth).status_code == 202
     # The holder's other phone sees the reopening request and slams the door again.
     closed = client.post("/api/v1/wallet/close", headers=holder.auth).json()
     assert closed["reopens_at"] is None
@@ -129,6 +136,7 @@ def test_reopening_without_the_delay_control_is_immediate(relaxed: TestClient) -
     container: Container = relaxed.app.state.container  # type: ignore[attr-defined]
     holder, _, _ = funded_holder(relaxed, container, PHONE, top_up="100.00")
     relaxed.post("/api/v1/wallet/close", headers=holder.auth)
+    step_up_for(relaxed, container, holder, "reopen_payments")
     assert (
         relaxed.post("/api/v1/wallet/reopen", headers=holder.auth).json()["transactions_closed"]
         is False
@@ -193,6 +201,9 @@ def test_lowering_is_instant_and_raising_waits(
     problem = assert_problem(_pay(client, holder, "50.01"), 409, "limit-exceeded")
     assert problem["period"] == "daily" and problem["remaining"] == "50.00"
 
+    refused = client.put("/api/v1/limits", json={"per_transaction": "500.00"}, headers=holder.auth)
+    assert_problem(refused, 403, "step-up-required")  # raising is a sensitive action
+    step_up_for(client, container, holder, "raise_limit")
     raised = client.put("/api/v1/limits", json={"per_transaction": "500.00"}, headers=holder.auth)
     per_txn = raised.json()["holder"]["per_transaction"]
     assert per_txn["amount"] == "100.00"
@@ -212,7 +223,9 @@ def test_a_lowering_cancels_a_waiting_raise(
 ) -> None:
     holder, _, _ = funded_holder(client, container, PHONE)
     client.put("/api/v1/limits", json={"daily": "100000.00"}, headers=holder.auth)
-    client.put("/api/v1/limits", json={"daily": "200000.00"}, headers=holder.auth)
+    step_up_for(client, container, holder, "raise_limit")
+    raised = client.put("/api/v1/limits", json={"daily": "200000.00"}, headers=holder.auth)
+    assert raised.json()["holder"]["daily"]["pending_amount"] == "200000.00"
     client.put("/api/v1/limits", json={"daily": "1000.00"}, headers=holder.auth)
     daily = _limits(client, holder)["holder"]["daily"]
     assert daily == {"amount": "1000.00", "pending_amount": None, "pending_effective_at": None}
@@ -223,6 +236,7 @@ def test_a_lowering_cancels_a_waiting_raise(
 def test_raising_without_the_delay_control_is_immediate(relaxed: TestClient) -> None:
     container: Container = relaxed.app.state.container  # type: ignore[attr-defined]
     holder, _, _ = funded_holder(relaxed, container, PHONE)
+    step_up_for(relaxed, container, holder, "raise_limit")
     raised = relaxed.put(
         "/api/v1/limits", json={"per_transaction": "80000.00"}, headers=holder.auth
     )

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from stdnum import luhn
 
-from tests.conftest import Holder, register
+from tests.conftest import Holder, register, step_up
 from walletguard.audit.models import AuditEntry
 from walletguard.bank.service import sandbox_bank
 from walletguard.bootstrap import Container
@@ -84,6 +84,12 @@ def latest_sms_code(container: Container, phone: str) -> str:
     return code_in(latest_sms(container, phone).body)
 
 
+def step_up_for(client: TestClient, container: Container, holder: Holder, action: str) -> None:
+    """A fresh step-up of the holder's session for one sensitive action (an SMS code: these
+    holders have no stronger factor enrolled)."""
+    step_up(client, container, holder.auth, holder.phone, action)
+
+
 def bind_card(
     client: TestClient,
     container: Container,
@@ -93,6 +99,7 @@ def bind_card(
     phone: str | None = None,
 ) -> str:
     phone = phone or holder.phone
+    step_up_for(client, container, holder, "bind_card")
     started = client.post(
         "/api/v1/cards", json={"number": number, "reserved_phone": phone}, headers=holder.auth
     )

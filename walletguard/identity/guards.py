@@ -103,6 +103,23 @@ class DeviceCoolingOff(WalletguardError):
         )
 
 
+class CoolingOffCapReached(WalletguardError):
+    """A device cooling off (or any device during the post-recovery payment hold) may move only
+    a small amount out of the wallet a day."""
+
+    status = 403
+    slug = "cooling-off-cap"
+    title_key = "mfa.cooling_off_cap.title"
+
+    def __init__(self, cap_fen: int, spent_fen: int) -> None:
+        super().__init__(
+            "mfa.cooling_off_cap.detail",
+            extensions={"cap_fen": cap_fen, "spent_today_fen": spent_fen},
+            cap=f"{cap_fen // 100:,}.{cap_fen % 100:02d}",
+            left=f"{max(0, cap_fen - spent_fen) // 100:,}.{max(0, cap_fen - spent_fen) % 100:02d}",
+        )
+
+
 class DeviceNotVerified(WalletguardError):
     status = 403
     slug = "device-not-verified"

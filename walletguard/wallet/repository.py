@@ -314,3 +314,16 @@ def delete_idempotency_record(db: Session, record_id: uuid.UUID) -> None:
         .where(IdempotencyRecord.id == record_id)
         .execution_options(synchronize_session=False)
     )
+
+
+def device_spent_since(
+    db: Session, since: datetime, kinds: Sequence[str], device_id: uuid.UUID
+) -> int:
+    """Pending and posted movements of these kinds since ``since`` made from one device."""
+    query = select(func.coalesce(func.sum(LedgerTransaction.amount_fen), 0)).where(
+        LedgerTransaction.created_at >= since,
+        LedgerTransaction.kind.in_(kinds),
+        LedgerTransaction.status.in_(LIVE_MOVEMENT_STATUSES),
+        LedgerTransaction.device_id == device_id,
+    )
+    return int(db.scalar(query) or 0)

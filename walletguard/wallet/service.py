@@ -43,6 +43,7 @@ from walletguard.bank.gateway import (
 from walletguard.bank.sandbox import CARD_NUMBER_CONTEXT
 from walletguard.bank.service import bank_gateway
 from walletguard.bootstrap import Container
+from walletguard.identity import guards
 from walletguard.identity.guards import SensitiveAction
 from walletguard.identity.links import alert_recipient, not_me_url
 from walletguard.identity.phone import mask_phone, parse_mobile
@@ -56,7 +57,7 @@ from walletguard.kit.errors import (
 )
 from walletguard.kit.i18n import text
 from walletguard.kit.ratelimit import AttemptCounters
-from walletguard.risk.service import RiskEvent, RiskService
+from walletguard.risk.service import RiskEvent, RiskService, ask_about_sensitive_action
 from walletguard.wallet import repository
 from walletguard.wallet.bins import InvalidCardNumber, validate_card_number
 from walletguard.wallet.ledger import (
@@ -367,13 +368,27 @@ class WalletService:
     # -- seams ---------------------------------------------------------------------------
 
     def _guard_sensitive(self, principal: Principal, action: SensitiveAction) -> None:
-        """SEAM (identity MFA): binding a card, raising a limit and reopening transactions are
-        sensitive actions. The MFA engineer wires ``guards.require_past_cooling_off`` and
-        ``guards.require_step_up`` for ``action`` here (cooling-off first, step-up last)."""
+        """Binding a card, raising a limit and reopening transactions are sensitive actions:
+        the device must be past its cooling-off, the risk engine is asked, then a fresh step-up
+        of this session for ``action`` is spent (last: a refusal must not spend the grant)."""
+        guards.require_past_cooling_off(self.db, self.env, principal, action)
+        ask_about_sensitive_action(self.db, self.env, principal, action)
+        guards.require_step_up(self.db, self.env, principal, action)
 
     def _guard_movement(self, principal: Principal, kind: str, amount_fen: int) -> None:
-        """SEAM (identity MFA): a cooling-off device's daily cap
-        (``guards.cooling_off_daily_cap_fen``) and the post-recovery payment hold go here."""
+        """A device cooling off moves at most the cap out of the wallet a day (payments,
+        transfers, withdrawals since local midnight, from this device); nothing leaves during
+        the post-recovery payment hold, whichever device asks (control ``cooling_off``)."""
+        if kind not in HOLDER_COUNTED_KINDS:
+            return
+        cap = guards.cooling_off_daily_cap_fen(self.db, self.env, principal)
+        if cap is None:
+            return
+        spent = repository.device_spent_since(
+            self.db, local_midnight(self.clock.now()), HOLDER_COUNTED_KINDS, principal.device_id
+        )
+        if spent + amount_fen > cap:
+            raise guards.CoolingOffCapReached(cap, spent)
 
     def _risk_decision(
         self,
@@ -651,11 +666,12 @@ class WalletService:
             exc.extensions["field"] = "reserved_phone"
             raise
         holder_id = principal.holder_id
-        self._guard_sensitive(principal, SensitiveAction.BIND_CARD)
         index = self.cipher.blind_index(normalised, context=CARD_NUMBER_CONTEXT)
         active = repository.active_cards_by_number(self.db, index)
         if any(c.holder_id == holder_id and c.status == "bound" for c in active):
             raise CardAlreadyBound()
+        # What the holder typed is checked; now the device, the risk engine and the step-up.
+        self._guard_sensitive(principal, SensitiveAction.BIND_CARD)
         key = f"card-binding:{holder_id}"
         tries = self.counters.reserve(
             key,
@@ -854,11 +870,12 @@ class WalletService:
     def reopen_transactions(self, principal: Principal) -> WalletState:
         """Ask to reopen: it takes effect after the delay (control ``limit_delay``), which any
         trusted device can cancel by closing again. Asking twice does not move the date."""
-        self._guard_sensitive(principal, SensitiveAction.REOPEN_PAYMENTS)
         state = repository.lock_wallet_state(self.db, principal.holder_id, self.clock.now())
         now = self.clock.now()
         if not is_closed(state, now) or state.reopens_at is not None:
             return state
+        # Only a reopening that changes something spends a step-up.
+        self._guard_sensitive(principal, SensitiveAction.REOPEN_PAYMENTS)
         delay = timedelta(0)
         if self.env.settings.controls.limit_delay:
             delay = timedelta(hours=self.env.settings.reopen_transactions_delay_hours)
