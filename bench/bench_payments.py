@@ -5,8 +5,8 @@
 
 What is measured: ``POST /api/v1/payments`` from the wallet balance to a merchant, with the
 payment password and an Idempotency-Key — the full authorisation path (session, kill switch,
-payment password (Argon2id verify + attempt counter), idempotency claim, wallet-state lock,
-limits, risk decision, ledger posting, audit chain, commit). The baseline is
+payment password (keyed-hash verify + attempt counter), idempotency claim, wallet-state lock,
+limits, risk decision, ledger posting, alert and outbox, audit chain, commit). The baseline is
 ``bench/bare_app.py``: one INSERT per request, committed, on FastAPI + SQLAlchemy + psycopg 3.
 Both run under uvicorn with the same flags and the same number of worker processes; the load
 comes from ``bench/loadgen.py`` in a second process on the same machine (loopback only).
@@ -19,9 +19,10 @@ at half load). At the end ``walletguard ledger check`` must reconcile.
 A fresh database ``wg_bench_<random>`` is created next to the admin URL's database and dropped
 on exit, even on Ctrl-C. The holders are prepared through the public API (register, payment
 password, bind a sandbox card, top up with the bank's dynamic password read from the sandbox
-phone inbox) with the server's own Argon2id parameters, so the stored hashes are the ones a
-payment really verifies. ``--cheap-argon2`` (m=8 MiB, t=1) is a what-if for the cost of the
-rest of the path; it is NOT the specified figure and the output says so.
+phone inbox) with the server's own settings, so the stored hashes are the ones a payment really
+verifies (the payment password is a keyed HMAC-SHA256 since issue #3; the login password
+stays Argon2id). ``--cheap-argon2`` (m=8 MiB, t=1) makes the login-password hashing of the
+preparation cheaper; it does not change what a payment costs any more.
 
 Beside each closed-loop line the server processes' CPU time per request is printed (from
 /proc; PostgreSQL's own CPU is not in it): unlike req/s it hardly moves when other work shares
@@ -512,7 +513,7 @@ def main() -> None:
     parser.add_argument(
         "--cheap-argon2",
         action="store_true",
-        help="what-if: Argon2id m=8 MiB, t=1 everywhere (not the specified figure)",
+        help="Argon2id m=8 MiB, t=1 for the login passwords (a faster preparation)",
     )
     args = parser.parse_args()
 
@@ -567,9 +568,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"{args.holders} holders, {args.merchants} merchants; runs of ~{args.seconds:.0f} s"
     )
     print(
-        f"Argon2id of the payment password: m={settings.argon2_memory_kib} KiB, "
-        f"t={settings.argon2_time_cost}, p={settings.argon2_parallelism}"
-        + ("   << --cheap-argon2: NOT the specified figure" if args.cheap_argon2 else "")
+        "payment password: keyed HMAC-SHA256; login password (preparation only): Argon2id "
+        f"m={settings.argon2_memory_kib} KiB, t={settings.argon2_time_cost}, "
+        f"p={settings.argon2_parallelism}" + ("   << --cheap-argon2" if args.cheap_argon2 else "")
     )
 
     def open_card(number: str, phone: str) -> None:

@@ -7,17 +7,20 @@ write (the Zitadel GHSA-7h8m-vrxx-vr4m class of bug). A correct guess then reset
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, String, case, select, update
+from sqlalchemy import ColumnElement, String, Table, bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import Base
+from walletguard.kit.db import Base, UtcDateTime
 
 LockSchedule = Callable[[int], timedelta | None]
 # A schedule that also knows how many locks the key has had before (locks that grow each time).
@@ -32,6 +35,43 @@ class AttemptCounter(Base):
     window_start: Mapped[datetime]
     locked_until: Mapped[datetime | None]
     lock_count: Mapped[int] = mapped_column(default=0)
+
+
+# Built once (Core, from the table): every payment, login and code check runs them.
+_COUNTERS = cast(Table, AttemptCounter.__table__)
+_KEY = _COUNTERS.c.key == bindparam("counter_key")
+_LOCKED_UNTIL = select(_COUNTERS.c.locked_until).where(_KEY)
+_LOCK = (
+    update(_COUNTERS)
+    .where(_KEY)
+    .values(
+        locked_until=bindparam("new_locked_until", type_=UtcDateTime()),
+        lock_count=bindparam("new_lock_count"),
+    )
+)
+_RESET = update(_COUNTERS).where(_KEY).values(failures=0, locked_until=None)
+
+
+@functools.cache
+def _reserve_statement(dialect: str, windowed: bool) -> ReturningInsert[int, int]:
+    """Count one attempt unless the key is locked (no row back then), in one upsert."""
+    c = _COUNTERS.c
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    now = bindparam("at", type_=UtcDateTime())
+    stmt = insert_fn(_COUNTERS).values(
+        key=bindparam("counter_key"), failures=1, window_start=now, locked_until=None, lock_count=0
+    )
+    new_failures: ColumnElement[int] = c.failures + 1
+    new_start: ColumnElement[datetime] = c.window_start
+    if windowed:
+        expired = c.window_start < bindparam("window_floor", type_=UtcDateTime())
+        new_failures = case((expired, 1), else_=c.failures + 1)
+        new_start = case((expired, stmt.excluded.window_start), else_=c.window_start)
+    return stmt.on_conflict_do_update(
+        index_elements=[c.key],
+        set_={"failures": new_failures, "window_start": new_start},
+        where=(c.locked_until.is_(None)) | (c.locked_until <= now),
+    ).returning(c.failures, c.lock_count)
 
 
 @dataclass(frozen=True)
@@ -64,46 +104,30 @@ class AttemptCounters:
         """``reserve`` whose ``schedule(n, locks)`` also gets the number of earlier locks, read
         in the same statement that counts the attempt."""
         now = self.clock.now()
-        table = AttemptCounter.__table__
-        dialect = self.db.get_bind().dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert_fn(AttemptCounter).values(
-            key=key, failures=1, window_start=now, locked_until=None, lock_count=0
-        )
-        new_failures: ColumnElement[int] = table.c.failures + 1
-        new_start: ColumnElement[datetime] = table.c.window_start
+        params: dict[str, object] = {"counter_key": key, "at": now}
         if window is not None:
-            expired = table.c.window_start < now - window
-            new_failures = case((expired, 1), else_=table.c.failures + 1)
-            new_start = case((expired, stmt.excluded.window_start), else_=table.c.window_start)
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[table.c.key],
-            set_={"failures": new_failures, "window_start": new_start},
-            where=(table.c.locked_until.is_(None)) | (table.c.locked_until <= now),
-        ).returning(table.c.failures, table.c.lock_count)
-        row = self.db.execute(upsert).first()
+            params["window_floor"] = now - window
+        upsert = _reserve_statement(self.db.get_bind().dialect.name, window is not None)
+        row = self.db.execute(upsert, params).first()
         if row is None:
-            locked_until = self.db.scalar(
-                select(AttemptCounter.locked_until).where(AttemptCounter.key == key)
-            )
+            locked_until = self.db.scalar(_LOCKED_UNTIL, {"counter_key": key})
             wait = (locked_until - now).total_seconds() if locked_until else 1
             return Reservation(False, -1, math.ceil(wait))
         failures, lock_count = int(row[0]), int(row[1])
         lock = schedule(failures, lock_count)
         if lock is not None:
             self.db.execute(
-                update(AttemptCounter)
-                .where(AttemptCounter.key == key)
-                .values(locked_until=now + lock, lock_count=lock_count + 1)
+                _LOCK,
+                {
+                    "counter_key": key,
+                    "new_locked_until": now + lock,
+                    "new_lock_count": lock_count + 1,
+                },
             )
         return Reservation(True, failures, 0)
 
     def reset(self, key: str) -> None:
-        self.db.execute(
-            update(AttemptCounter)
-            .where(AttemptCounter.key == key)
-            .values(failures=0, locked_until=None)
-        )
+        self.db.execute(_RESET, {"counter_key": key})
 
     def refund(self, key: str) -> None:
         """Take back one reserved attempt (a success that must not reset the whole count)."""

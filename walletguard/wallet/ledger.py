@@ -19,10 +19,23 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import ColumnElement, case, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    Update,
+    Uuid,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import Session, aliased
 
 from walletguard.kit.clock import Clock
 from walletguard.kit.db import is_postgres
@@ -82,6 +95,43 @@ def merchant_code(name: str) -> str:
 
 def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+_ACCOUNTS = cast(Table, LedgerAccount.__table__)
+_BY_CODE = (
+    select(_ACCOUNTS.c.code, _ACCOUNTS.c.id)
+    .where(_ACCOUNTS.c.code.in_(bindparam("codes", expanding=True)))
+    .order_by(_ACCOUNTS.c.id)
+)
+# PostgreSQL sorts before it locks (ORDER BY runs below the row locks): id order, as lock().
+_LOCK_BY_CODE = _BY_CODE.with_for_update(key_share=True)
+
+
+def _legs_statement(*, from_hold: bool) -> Update:
+    """Debit ``x`` from ``debit_id`` and credit it to ``credit_id`` in one conditional UPDATE;
+    from a hold, the hold becomes the debit."""
+    a = _ACCOUNTS.c
+    debit_id = bindparam("debit_id", type_=Uuid())
+    x = bindparam("x", type_=BigInteger())
+    is_debit = a.id == debit_id
+    if from_hold:
+        debit_allowed: ColumnElement[bool] = a.pending_fen >= x
+        pending: ColumnElement[int] = case((is_debit, a.pending_fen - x), else_=a.pending_fen)
+    else:
+        debit_allowed = or_(a.allow_negative.is_(True), a.balance_fen - a.pending_fen >= x)
+        pending = a.pending_fen
+    return (
+        update(_ACCOUNTS)
+        .where(
+            a.id.in_([debit_id, bindparam("credit_id", type_=Uuid())]),
+            or_(a.id != debit_id, debit_allowed),
+        )
+        .values(balance_fen=a.balance_fen + case((is_debit, -x), else_=x), pending_fen=pending)
+    )
+
+
+_LEGS = _legs_statement(from_hold=False)
+_LEGS_FROM_HOLD = _legs_statement(from_hold=True)
 
 
 class Ledger:
@@ -152,14 +202,9 @@ class Ledger:
         """The ids of the accounts with these codes (``code: (kind, holder_id)``), created if
         need be and locked in id order like ``lock``: one statement when they all exist."""
         codes = sorted(wanted)
-        query = (
-            select(LedgerAccount.code, LedgerAccount.id)
-            .where(LedgerAccount.code.in_(codes))
-            .order_by(LedgerAccount.id)
-        )
-        if is_postgres(self.db):
-            query = query.with_for_update(key_share=True)
-        found = {str(code): account_id for code, account_id in self.db.execute(query)}
+        query = _LOCK_BY_CODE if is_postgres(self.db) else _BY_CODE
+        params = {"codes": codes}
+        found = {str(code): account_id for code, account_id in self.db.execute(query, params)}
         missing = [code for code in codes if code not in found]
         if not missing:
             return found
@@ -167,7 +212,7 @@ class Ledger:
             kind, holder_id = wanted[code]
             self._insert_account(code, kind, holder_id)
         # The new rows are this transaction's (or a concurrent creator's, now committed).
-        return {str(code): account_id for code, account_id in self.db.execute(query)}
+        return {str(code): account_id for code, account_id in self.db.execute(query, params)}
 
     # -- movements -------------------------------------------------------------------------
 
@@ -197,34 +242,14 @@ class Ledger:
         self.db.flush()
 
     def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
-        account = LedgerAccount
         x = txn.amount_fen
         debit_id, credit_id = txn.from_account_id, txn.to_account_id
-        is_debit = account.id == debit_id
-        pending: ColumnElement[int] | InstrumentedAttribute[int]
-        if txn.hold_account_id == debit_id:
-            # The hold already proved the money is there; it becomes the debit.
-            debit_allowed = account.pending_fen >= x
-            pending = case((is_debit, account.pending_fen - x), else_=account.pending_fen)
-        else:
-            debit_allowed = or_(
-                account.allow_negative.is_(True), account.balance_fen - account.pending_fen >= x
-            )
-            pending = account.pending_fen
         # Both legs in one conditional UPDATE: the debit's own check is in its WHERE, so the
         # statement changes two rows or the money is not there. The rows are already locked
         # (lock()), in id order, so this statement cannot deadlock on them.
         legs = self.db.execute(
-            update(account)
-            .where(
-                account.id.in_([debit_id, credit_id]),
-                or_(account.id != debit_id, debit_allowed),
-            )
-            .values(
-                balance_fen=account.balance_fen + case((is_debit, -x), else_=x),
-                pending_fen=pending,
-            )
-            .execution_options(synchronize_session=False)
+            _LEGS_FROM_HOLD if txn.hold_account_id == debit_id else _LEGS,
+            {"debit_id": debit_id, "credit_id": credit_id, "x": x},
         )
         if _rowcount(legs) != 2:
             raise InsufficientBalance()

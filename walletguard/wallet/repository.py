@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, case, delete, func, or_, select, update
+from sqlalchemy import Select, Table, Uuid, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.kit.db import is_postgres
+from walletguard.kit.db import UtcDateTime, is_postgres
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,
@@ -182,13 +184,7 @@ def lock_wallet_state(db: Session, holder_id: uuid.UUID, now: datetime) -> Walle
     switch and the daily limits are judged against everything that committed before. The row
     almost always exists: one locking SELECT, and only when it finds nothing the INSERT.
     """
-    locked = (
-        select(WalletState)
-        .where(WalletState.holder_id == holder_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    state = db.execute(locked).scalar_one_or_none()
+    state = db.execute(_LOCK_STATE, {"state_holder": holder_id}).scalar_one_or_none()
     if state is not None:
         return state
     insert_fn = postgresql.insert if is_postgres(db) else sqlite.insert
@@ -197,7 +193,17 @@ def lock_wallet_state(db: Session, holder_id: uuid.UUID, now: datetime) -> Walle
         .values(holder_id=holder_id, created_at=now)
         .on_conflict_do_nothing(index_elements=[WalletState.holder_id])
     )
-    return db.execute(locked).scalar_one()
+    return db.execute(_LOCK_STATE, {"state_holder": holder_id}).scalar_one()
+
+
+# An ORM select (it loads the WalletState), so the session flushes first: a request's own
+# session-row touch is written, and locked, before the wallet state (see incidents).
+_LOCK_STATE = (
+    select(WalletState)
+    .where(WalletState.holder_id == bindparam("state_holder"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
 
 
 @dataclass(frozen=True)
@@ -211,20 +217,21 @@ class MovementFacts:
     available_fen: int | None  # the holder account's balance minus holds (None: no account)
 
 
-def movement_facts(
-    db: Session,
-    holder_id: uuid.UUID,
-    *,
-    since: datetime,
-    now: datetime,
-    counted_kinds: Sequence[str],
-    holder_account_code: str,
-) -> MovementFacts:
-    txn = LedgerTransaction
+_TXNS = cast(Table, LedgerTransaction.__table__)
+_LIMITS = cast(Table, WalletLimit.__table__)
+_ACCOUNTS = cast(Table, LedgerAccount.__table__)
+_KEYS = cast(Table, IdempotencyRecord.__table__)
+
+
+def _movement_facts_statement() -> Select[Any]:
+    txn = _TXNS.c
+    since = bindparam("since", type_=UtcDateTime())
+    now = bindparam("now", type_=UtcDateTime())
+    holder = bindparam("facts_holder", type_=Uuid())
     counted = case(
         (
             (txn.created_at >= since)
-            & txn.kind.in_(counted_kinds)
+            & txn.kind.in_(bindparam("counted_kinds", expanding=True))
             & txn.status.in_(LIVE_MOVEMENT_STATUSES),
             txn.amount_fen,
         ),
@@ -235,25 +242,45 @@ def movement_facts(
         else_=0,
     )
     has_settings = (
-        select(WalletLimit.id)
-        .where(WalletLimit.holder_id == holder_id, WalletLimit.card_id.is_(None))
+        select(_LIMITS.c.id)
+        .where(_LIMITS.c.holder_id == holder, _LIMITS.c.card_id.is_(None))
         .exists()
     )
     available = (
-        select(LedgerAccount.balance_fen - LedgerAccount.pending_fen)
-        .where(LedgerAccount.code == holder_account_code)
+        select(_ACCOUNTS.c.balance_fen - _ACCOUNTS.c.pending_fen)
+        .where(_ACCOUNTS.c.code == bindparam("account_code"))
         .scalar_subquery()
     )
+    return select(
+        func.coalesce(func.sum(counted), 0),
+        func.coalesce(func.max(expired), 0),
+        has_settings,
+        available,
+    ).where(txn.holder_id == holder, (txn.created_at >= since) | (txn.status == "pending"))
+
+
+# Built once (Core): it runs before every movement.
+_MOVEMENT_FACTS = _movement_facts_statement()
+
+
+def movement_facts(
+    db: Session,
+    holder_id: uuid.UUID,
+    *,
+    since: datetime,
+    now: datetime,
+    counted_kinds: Sequence[str],
+    holder_account_code: str,
+) -> MovementFacts:
     row = db.execute(
-        select(
-            func.coalesce(func.sum(counted), 0),
-            func.coalesce(func.max(expired), 0),
-            has_settings,
-            available,
-        ).where(
-            txn.holder_id == holder_id,
-            (txn.created_at >= since) | (txn.status == "pending"),
-        )
+        _MOVEMENT_FACTS,
+        {
+            "facts_holder": holder_id,
+            "since": since,
+            "now": now,
+            "counted_kinds": list(counted_kinds),
+            "account_code": holder_account_code,
+        },
     ).one()
     return MovementFacts(
         spent_today_fen=int(row[0]),
@@ -278,34 +305,53 @@ def idempotency_record(db: Session, holder_id: uuid.UUID, key: str) -> Idempoten
     ).scalar_one_or_none()
 
 
+@functools.cache
+def _claim_statement(dialect: str) -> ReturningInsert[uuid.UUID]:
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_fn(_KEYS)
+        .values(
+            id=bindparam("record_id", type_=Uuid()),
+            holder_id=bindparam("record_holder", type_=Uuid()),
+            key=bindparam("record_key"),
+            request_hash=bindparam("record_hash"),
+            created_at=bindparam("record_at", type_=UtcDateTime()),
+        )
+        .on_conflict_do_nothing(index_elements=[_KEYS.c.holder_id, _KEYS.c.key])
+        .returning(_KEYS.c.id)
+    )
+
+
 def claim_idempotency_key(db: Session, record: IdempotencyRecord) -> bool:
     """Insert the key unless the holder already used it; True if this request has it now.
 
     One statement. A concurrent request with the same key waits here (PostgreSQL) until the
     first one commits, and then finds it taken."""
-    insert_fn = postgresql.insert if is_postgres(db) else sqlite.insert
     claimed = db.execute(
-        insert_fn(IdempotencyRecord)
-        .values(
-            id=record.id,
-            holder_id=record.holder_id,
-            key=record.key,
-            request_hash=record.request_hash,
-            created_at=record.created_at,
-        )
-        .on_conflict_do_nothing(index_elements=[IdempotencyRecord.holder_id, IdempotencyRecord.key])
-        .returning(IdempotencyRecord.id)
+        _claim_statement(db.get_bind().dialect.name),
+        {
+            "record_id": record.id,
+            "record_holder": record.holder_id,
+            "record_key": record.key,
+            "record_hash": record.request_hash,
+            "record_at": record.created_at,
+        },
     ).first()
     return claimed is not None
 
 
 def store_idempotent_response(db: Session, record_id: uuid.UUID, status: int, body: str) -> None:
     db.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == record_id)
-        .values(response_status=status, response_body=body)
-        .execution_options(synchronize_session=False)
+        _STORE_RESPONSE,
+        {"record_id": record_id, "new_status": status, "new_body": body},
     )
+
+
+_STORE_RESPONSE = (
+    update(_KEYS)
+    .where(_KEYS.c.id == bindparam("record_id", type_=Uuid()))
+    .values(response_status=bindparam("new_status"), response_body=bindparam("new_body"))
+)
 
 
 def delete_idempotency_record(db: Session, record_id: uuid.UUID) -> None:

@@ -2,17 +2,22 @@
 
 Every movement follows the same order, and the order is the point:
 
-1. a read-only look at the kill switch (a closed wallet does not even test the payment password,
+1. the Idempotency-Key is claimed under its unique constraint, first (the endpoint, one INSERT …
+   ON CONFLICT DO NOTHING): a retry gets the first response with nothing else checked or
+   written, a concurrent one waits here for the first to finish; a refusal that is committed
+   (a wrong payment password) gives the key back;
+2. a read-only look at the kill switch (a closed wallet does not even test the payment password,
    so nobody can guess it while the holder has everything closed);
-2. the payment password (``IdentityService.verify_payment_password``) before anything is
-   written — a wrong one keeps its own failure count and nothing else;
-3. the request's own checks (the card is the holder's and bound, the recipient can receive);
-4. the Idempotency-Key is claimed under its unique constraint — a concurrent retry waits here for
-   the first to finish and then gets its response;
+3. the payment password (``IdentityService.verify_payment_password``), its attempt counted
+   before it is checked — a wrong one keeps its own failure count and nothing else;
+4. the request's own checks (the card is the holder's and bound, the recipient can receive);
 5. the holder's wallet-state row is locked (one holder's movements queue), the kill switch is
-   checked again under the lock, expired holds are voided, the limits are checked;
+   checked again under the lock, expired holds are voided, the limits are checked (one read of
+   the holder's movements today, ``repository.movement_facts``);
 6. the risk engine is asked (``walletguard.risk``: it may challenge, hold, block or freeze);
-7. the ledger moves the money with conditional UPDATEs, and the audit log records it.
+7. the accounts are locked in id order, last (a merchant's account is shared by every payer),
+   the ledger moves the money with one conditional UPDATE of both legs, the alert and its outbox
+   rows are written, and the audit entries are chained as the transaction commits.
 
 Seams left for other capabilities are marked ``SEAM``: device cooling-off and step-up (identity's
 MFA).
