@@ -265,6 +265,29 @@ def test_who_may_answer_a_hold(client: TestClient, container: Container) -> None
             assert_problem(response, status, slug)
 
 
+def test_every_sensitive_action_is_scored_before_its_step_up_is_spent(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    """``require_step_up`` asks the risk engine: enrolling a factor, approving a device and
+    changing the phone number are decisions too, not only sync, PIN resets and movements."""
+    holder = register(client, container)
+    login_trusted(client, container, holder)
+    totp = enrol_totp(client, container, holder)
+    scored = {
+        row.action: row.outcome for row in decisions(container) if row.kind == "sensitive_action"
+    }
+    assert scored == {"enrol_factor": "allow", "add_device": "allow"}
+    # Right after a SIM swap an SMS proves little: changing the number is challenged.
+    assert client.post(f"/api/v1/sandbox/phones/{holder.phone}/sim-swap").status_code == 204
+    clock.advance(timedelta(seconds=31))
+    step_up(client, container, holder.auth, holder.phone, "change_phone", "totp", code=totp.code())
+    changed = client.post(
+        "/api/v1/me/phone-change", json={"new_phone": "+8613900001111"}, headers=holder.auth
+    )
+    problem = assert_problem(changed, 403, "risk-challenge")
+    assert "sim-swap-sms-untrusted" in problem["rules"]
+
+
 def test_a_held_sensitive_action_is_confirmed_and_its_retry_goes_through_once(
     tmp_path: Path, db_url: str, clock: ManualClock
 ) -> None:

@@ -285,9 +285,18 @@ def consume_grant(
 def require_step_up(
     db: Session, env: Container, principal: Principal, action: SensitiveAction
 ) -> None:
-    """Consume a fresh step-up grant for ``action``; StepUpRequired names the usable factors."""
+    """Ask the risk engine, then consume a fresh step-up grant for ``action``; StepUpRequired
+    names the usable factors.
+
+    Every sensitive action passes here, so this is where the risk engine scores them (SPEC C7),
+    before the grant is spent: a refusal it keeps (a hold, a block) must not spend the grant.
+    """
     if state_of(db, env, principal) == DeviceState.NEW:
         raise DeviceNotVerified()
+    # Imported here: the risk engine reads identity's models and guards at import time.
+    from walletguard.risk.service import ask_about_sensitive_action
+
+    ask_about_sensitive_action(db, env, principal, action)
     if not env.settings.controls.step_up:
         return
     if consume_grant(db, env, principal, action) is None:

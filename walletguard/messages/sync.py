@@ -177,10 +177,7 @@ class CloudSync:
         if self._active_sync(principal.device_id) is not None:
             return False
         require_past_cooling_off(self.db, self.env, principal, SensitiveAction.ENABLE_SYNC)
-        # The risk engine before the step-up: a refusal it keeps must not spend the grant.
-        from walletguard.risk.service import ask_about_sensitive_action
-
-        ask_about_sensitive_action(self.db, self.env, principal, SensitiveAction.ENABLE_SYNC)
+        # The risk engine is asked in there, before the grant is spent.
         require_step_up(self.db, self.env, principal, SensitiveAction.ENABLE_SYNC)
         self.db.add(
             MessageSync(

@@ -62,7 +62,7 @@ from walletguard.kit.errors import (
 )
 from walletguard.kit.i18n import text
 from walletguard.kit.ratelimit import AttemptCounters
-from walletguard.risk.service import RiskEvent, RiskService, ask_about_sensitive_action
+from walletguard.risk.service import RiskEvent, RiskService
 from walletguard.wallet import repository
 from walletguard.wallet.bins import InvalidCardNumber, validate_card_number
 from walletguard.wallet.ledger import (
@@ -374,10 +374,9 @@ class WalletService:
 
     def _guard_sensitive(self, principal: Principal, action: SensitiveAction) -> None:
         """Binding a card, raising a limit and reopening transactions are sensitive actions:
-        the device must be past its cooling-off, the risk engine is asked, then a fresh step-up
-        of this session for ``action`` is spent (last: a refusal must not spend the grant)."""
+        the device must be past its cooling-off, then ``require_step_up`` asks the risk engine
+        and spends a fresh step-up of this session for ``action``."""
         guards.require_past_cooling_off(self.db, self.env, principal, action)
-        ask_about_sensitive_action(self.db, self.env, principal, action)
         guards.require_step_up(self.db, self.env, principal, action)
 
     def _guard_movement(self, principal: Principal, kind: str, amount_fen: int) -> None:
