@@ -32,10 +32,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, Uuid, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -283,7 +283,26 @@ def normalise_email(value: str) -> str:
 # -- channel settings --------------------------------------------------------------------------
 
 
-def _view(channel: str, row: AlertChannel | None, now: datetime) -> ChannelView:
+class ChannelSetting(Protocol):
+    """What a view is made of: an ``AlertChannel`` row, or its columns read alone."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def target_enc(self) -> str | None: ...
+    @property
+    def secret_enc(self) -> str | None: ...
+    @property
+    def pending_enabled(self) -> bool | None: ...
+    @property
+    def pending_target_enc(self) -> str | None: ...
+    @property
+    def pending_secret_enc(self) -> str | None: ...
+    @property
+    def pending_effective_at(self) -> datetime | None: ...
+
+
+def _view(channel: str, row: ChannelSetting | None, now: datetime) -> ChannelView:
     if channel == IN_APP:
         return ChannelView(IN_APP, True, None, None, None, None, None)
     if row is None:
@@ -313,11 +332,25 @@ def _view(channel: str, row: AlertChannel | None, now: datetime) -> ChannelView:
 
 
 def channel_views(db: Session, holder_id: uuid.UUID, now: datetime) -> dict[str, ChannelView]:
-    rows = {
-        row.channel: row
-        for row in db.scalars(select(AlertChannel).where(AlertChannel.holder_id == holder_id))
-    }
+    rows = {row.channel: row for row in db.execute(_CHANNEL_SETTINGS, {"holder_id": holder_id})}
     return {channel: _view(channel, rows.get(channel), now) for channel in CHANNELS}
+
+
+_ALERTS = cast(Table, Alert.__table__)
+_DELIVERIES = cast(Table, AlertDelivery.__table__)
+
+# Built once; columns, not entities (every alert reads them). Still an ORM statement, so the
+# session flushes first: a channel changed earlier in the same transaction is seen.
+_CHANNEL_SETTINGS = select(
+    AlertChannel.channel,
+    AlertChannel.enabled,
+    AlertChannel.target_enc,
+    AlertChannel.secret_enc,
+    AlertChannel.pending_enabled,
+    AlertChannel.pending_target_enc,
+    AlertChannel.pending_secret_enc,
+    AlertChannel.pending_effective_at,
+).where(AlertChannel.holder_id == bindparam("holder_id", type_=Uuid()))
 
 
 def destination_of(env: Container, view: ChannelView) -> tuple[str, str | None] | None:
@@ -379,7 +412,7 @@ def raise_alert(
     title_key: str | None = None,
     body_key: str | None = None,
 ) -> Alert:
-    """Write the alert and its outbox rows in the caller's transaction (flushed, not committed).
+    """Write the alert and its outbox rows in the caller's transaction (written, not committed).
 
     Texts are ``alerts.<kind>.title`` / ``alerts.<kind>.body`` unless keys are given; ``time``
     (Beijing time, now) is always among the placeholders.
@@ -394,44 +427,53 @@ def raise_alert(
         for lang in LANGUAGES
     }
     category = category_of(kind)
-    alert = Alert(
-        id=uuid.uuid4(),
-        holder_id=recipient.holder_id,
-        kind=kind,
-        category=category,
-        severity=severity or _SEVERITY.get(kind, WARNING if category == SECURITY else INFO),
-        language=recipient.language,
-        title_zh=texts["zh-CN"][0],
-        body_zh=texts["zh-CN"][1],
-        title_en=texts["en"][0],
-        body_en=texts["en"][1],
-        not_me_url=not_me_url,
-        data=json.dumps(dict(data or {}), sort_keys=True, ensure_ascii=False, default=str),
-        device_id=device_id,
-        created_at=now,
-        read_at=None,
-    )
-    db.add(alert)
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "holder_id": recipient.holder_id,
+        "kind": kind,
+        "category": category,
+        "severity": severity or _SEVERITY.get(kind, WARNING if category == SECURITY else INFO),
+        "language": recipient.language,
+        "title_zh": texts["zh-CN"][0],
+        "body_zh": texts["zh-CN"][1],
+        "title_en": texts["en"][0],
+        "body_en": texts["en"][1],
+        "not_me_url": not_me_url,
+        "data": json.dumps(dict(data or {}), sort_keys=True, ensure_ascii=False, default=str),
+        "device_id": device_id,
+        "created_at": now,
+        "read_at": None,
+    }
+    deliveries: list[dict[str, Any]] = []
     for channel in _channels_for(db, env, recipient, kind, category, now):
         destination = None
         if channel == SMS and recipient.phone_e164 is not None:
             destination = env.cipher.encrypt(recipient.phone_e164, context=DESTINATION_CONTEXT)
         in_app = channel == IN_APP
-        db.add(
-            AlertDelivery(
-                alert_id=alert.id,
-                holder_id=recipient.holder_id,
-                channel=channel,
-                destination_enc=destination,
-                status=DELIVERED if in_app else PENDING,
-                attempts=0,
-                due_at=now,
-                created_at=now,
-                delivered_at=now if in_app else None,
-            )
+        deliveries.append(
+            {
+                "alert_id": row["id"],
+                "holder_id": recipient.holder_id,
+                "channel": channel,
+                "destination_enc": destination,
+                "status": DELIVERED if in_app else PENDING,
+                "attempts": 0,
+                "due_at": now,
+                "locked_until": None,
+                "claimed_by": None,
+                "last_error": None,
+                "created_at": now,
+                "delivered_at": now if in_app else None,
+            }
         )
+    # Core inserts, not ORM objects: every movement and security event writes these, and the
+    # unit of work's bookkeeping for them cost more than the statements. The returned Alert is
+    # not in the session (it is what was written). What the caller has pending goes first
+    # (the holder an alert is for may be new in this transaction).
     db.flush()
-    return alert
+    db.execute(insert(_ALERTS), row)
+    db.execute(insert(_DELIVERIES), deliveries)
+    return Alert(**row)
 
 
 def security_alert(

@@ -30,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    insert,
     or_,
     select,
     update,
@@ -98,6 +99,8 @@ def _rowcount(result: object) -> int:
 
 
 _ACCOUNTS = cast(Table, LedgerAccount.__table__)
+_TXNS = cast(Table, LedgerTransaction.__table__)
+_POSTINGS = cast(Table, Posting.__table__)
 _BY_CODE = (
     select(_ACCOUNTS.c.code, _ACCOUNTS.c.id)
     .where(_ACCOUNTS.c.code.in_(bindparam("codes", expanding=True)))
@@ -241,7 +244,9 @@ class Ledger:
         txn.hold_account_id = txn.from_account_id
         self.db.flush()
 
-    def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
+    def _apply_legs(
+        self, txn: LedgerTransaction, now: datetime, *, as_objects: bool = True
+    ) -> None:
         x = txn.amount_fen
         debit_id, credit_id = txn.from_account_id, txn.to_account_id
         # Both legs in one conditional UPDATE: the debit's own check is in its WHERE, so the
@@ -253,22 +258,14 @@ class Ledger:
         )
         if _rowcount(legs) != 2:
             raise InsufficientBalance()
-        self.db.add_all(
-            [
-                Posting(
-                    transaction_id=txn.id,
-                    account_id=debit_id,
-                    amount_fen=-x,
-                    created_at=now,
-                ),
-                Posting(
-                    transaction_id=txn.id,
-                    account_id=credit_id,
-                    amount_fen=x,
-                    created_at=now,
-                ),
-            ]
-        )
+        postings = [
+            {"transaction_id": txn.id, "account_id": debit_id, "amount_fen": -x, "created_at": now},
+            {"transaction_id": txn.id, "account_id": credit_id, "amount_fen": x, "created_at": now},
+        ]
+        if as_objects:
+            self.db.add_all([Posting(**posting) for posting in postings])
+        else:
+            self.db.execute(insert(_POSTINGS), postings)
 
     def record_pending(self, txn: LedgerTransaction) -> LedgerTransaction:
         txn.status = PENDING
@@ -284,6 +281,14 @@ class Ledger:
             self.lock(txn.from_account_id, txn.to_account_id)
         txn.status = POSTED
         txn.posted_at = now
+        if locked:
+            # The hot path (payments and transfers from the balance): Core inserts of the
+            # movement and its postings, no unit-of-work bookkeeping; ``txn`` stays out of the
+            # session, as written.
+            self.db.flush()
+            self.db.execute(insert(_TXNS), {c.key: getattr(txn, c.key) for c in _TXNS.columns})
+            self._apply_legs(txn, now, as_objects=False)
+            return txn
         self.db.add(txn)
         self.db.flush()
         self._apply_legs(txn, now)

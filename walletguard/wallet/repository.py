@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Select, Table, Uuid, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -200,7 +200,7 @@ def lock_wallet_state(db: Session, holder_id: uuid.UUID, now: datetime) -> Walle
 # session-row touch is written, and locked, before the wallet state (see incidents).
 _LOCK_STATE = (
     select(WalletState)
-    .where(WalletState.holder_id == bindparam("state_holder"))
+    .where(WalletState.holder_id == bindparam("state_holder", type_=Uuid()))
     .with_for_update(key_share=True)
     .execution_options(populate_existing=True)
 )
@@ -292,6 +292,31 @@ def movement_facts(
 
 def wallet_state(db: Session, holder_id: uuid.UUID) -> WalletState | None:
     return db.get(WalletState, holder_id)
+
+
+class KillSwitch(Protocol):
+    """The kill switch of a holder's wallet: a ``WalletState``, or its two columns alone."""
+
+    @property
+    def closed_at(self) -> datetime | None: ...
+    @property
+    def reopens_at(self) -> datetime | None: ...
+
+
+def kill_switch(db: Session, holder_id: uuid.UUID, *, lock: bool) -> KillSwitch | None:
+    """The holder's kill switch, read alone (``lock``: and the wallet state locked, like
+    ``lock_wallet_state``); None when the holder has no wallet state yet."""
+    statement = _LOCK_KILL_SWITCH if lock else _KILL_SWITCH
+    row: KillSwitch | None = db.execute(statement, {"state_holder": holder_id}).first()
+    return row
+
+
+# Columns, not the entity: read before every movement. ORM statements, so the session flushes
+# first (its own session-row touch is written and locked before the wallet state).
+_KILL_SWITCH = select(WalletState.closed_at, WalletState.reopens_at).where(
+    WalletState.holder_id == bindparam("state_holder", type_=Uuid())
+)
+_LOCK_KILL_SWITCH = _KILL_SWITCH.with_for_update(key_share=True)
 
 
 # -- idempotency -----------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class TransactionsClosed(WalletguardError):
     slug = "transactions-closed"
     title_key = "wallet.closed_title"
 
-    def __init__(self, state: WalletState) -> None:
+    def __init__(self, state: repository.KillSwitch) -> None:
         super().__init__(
             "wallet.closed",
             extensions={
@@ -338,7 +338,7 @@ class WalletSummary:
         return self.balance_fen - self.pending_fen
 
 
-def is_closed(state: WalletState | None, now: datetime) -> bool:
+def is_closed(state: repository.KillSwitch | None, now: datetime) -> bool:
     if state is None or state.closed_at is None:
         return False
     return state.reopens_at is None or state.reopens_at > now
@@ -538,7 +538,7 @@ class WalletService:
         return card
 
     def _refuse_if_closed(self, holder_id: uuid.UUID) -> None:
-        state = repository.wallet_state(self.db, holder_id)
+        state = repository.kill_switch(self.db, holder_id, lock=False)
         if state is not None and is_closed(state, self.clock.now()):
             raise TransactionsClosed(state)
 
@@ -550,7 +550,9 @@ class WalletService:
         holder's available balance among it)."""
         holder_id = principal.holder_id
         now = self.clock.now()
-        state = repository.lock_wallet_state(self.db, holder_id, now)
+        state: repository.KillSwitch | None = repository.kill_switch(self.db, holder_id, lock=True)
+        if state is None:
+            state = repository.lock_wallet_state(self.db, holder_id, now)
         if is_closed(state, now):
             raise TransactionsClosed(state)
 
