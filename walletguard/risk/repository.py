@@ -94,7 +94,8 @@ _HISTORY = (
         _DECISIONS.c.card_id,
         _DECISIONS.c.payee_key,
         _DECISIONS.c.payee_new,
-        _DECISIONS.c.session_id,
+        # Compared in SQL: this decision was made in the asking session (no UUID to load).
+        (_DECISIONS.c.session_id == bindparam("session_id")).label("same_session"),
         _DECISIONS.c.place,
         _DECISIONS.c.lat,
         _DECISIONS.c.lon,
@@ -196,15 +197,18 @@ class Past(NamedTuple):
     card_id: uuid.UUID | None
     payee_key: str | None
     payee_new: bool | None
-    session_id: uuid.UUID | None
+    same_session: bool | None
     place: str | None
     lat: float | None
     lon: float | None
 
 
-def history(db: Session, holder_id: uuid.UUID, since: datetime) -> list[Past]:
-    """The holder's decisions since then, newest first (bounded)."""
-    rows = db.execute(_HISTORY, {"holder_id": holder_id, "since": since})
+def history(
+    db: Session, holder_id: uuid.UUID, since: datetime, session_id: uuid.UUID | None = None
+) -> list[Past]:
+    """The holder's decisions since then, newest first (bounded); ``same_session`` says which
+    were made in ``session_id``."""
+    rows = db.execute(_HISTORY, {"holder_id": holder_id, "since": since, "session_id": session_id})
     return [Past._make(row) for row in rows]
 
 

@@ -20,7 +20,6 @@ from walletguard.bootstrap import Container
 from walletguard.identity.guards import device_state
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
-from walletguard.risk.repository import PayeeStats
 from walletguard.risk.velocity import VelocityStore
 
 NEVER_H = 1_000_000.0
@@ -96,7 +95,6 @@ class Facts:
     # (time, sequence step tags) of the holder's recent history, oldest first
     timeline: list[tuple[datetime, frozenset[str]]] = field(default_factory=list)
     current_tags: frozenset[str] = frozenset()
-    payee_stats: PayeeStats | None = None
 
 
 def _hours(now: datetime, then: datetime | None) -> float:
@@ -159,7 +157,9 @@ class SignalReader:
         place = self.geo.locate(event.ip)
         s["geo_known"] = place is not None
         s["province"] = place.province if place else ""
-        history = repository.history(db, event.holder_id, now - timedelta(days=HISTORY_DAYS))
+        history = repository.history(
+            db, event.holder_id, now - timedelta(days=HISTORY_DAYS), event.session_id
+        )
         familiar: set[str] = set()
         last_seen: list[tuple[datetime, Place]] = []
         for other in devices:
@@ -247,9 +247,7 @@ class SignalReader:
         s["hour_beijing"] = local.hour
         s["night"] = local.hour < 6
         s["session_flagged"] = any(
-            p.kind == "login"
-            and p.session_id == event.session_id
-            and p.outcome in ("challenge", "hold", "block")
+            p.kind == "login" and p.same_session and p.outcome in ("challenge", "hold", "block")
             for p in history
             if event.session_id is not None
         )
@@ -343,7 +341,6 @@ class SignalReader:
             payee_key=payee_key,
             timeline=timeline,
             current_tags=frozenset(current),
-            payee_stats=stats,
         )
 
 

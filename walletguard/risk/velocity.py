@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, case, delete, func, select, union_all
+from sqlalchemy import Table, bindparam, case, delete, func, null, select, union_all
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -85,29 +85,29 @@ class DatabaseVelocity:
         self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
     ) -> dict[tuple[str, timedelta], Window]:
         """One round trip: per key, an aggregate over the primary key (key, minute) back to the
-        start of that key's longest span, glued with UNION ALL (the spans are parameters, so
-        one cached statement serves every event with the same number of keys and spans)."""
-        asked = [(key, key_spans) for key, key_spans in wanted.items() if key_spans]
+        start of that key's longest span, glued with UNION ALL. Each key carries only its own
+        spans (the longest one is the plain sum), and the spans are parameters: one cached
+        statement serves every event with the same shape."""
+        asked = [(key, sorted(set(key_spans))) for key, key_spans in wanted.items() if key_spans]
         out: dict[tuple[str, timedelta], Window] = {}
         if not asked:
             return out
-        spans = sorted({span for _key, key_spans in asked for span in key_spans})
         params: dict[str, Any] = {"now": now}
-        for index, span in enumerate(spans):
-            params[f"start_{index}"] = self.minute_of(now - span)
         for index, (key, key_spans) in enumerate(asked):
             params[f"key_{index}"] = key
-            params[f"since_{index}"] = self.minute_of(now - max(key_spans))
+            params[f"since_{index}"] = self.minute_of(now - key_spans[-1])
+            for inner, span in enumerate(key_spans[:-1]):
+                params[f"start_{index}_{inner}"] = self.minute_of(now - span)
+        shape = tuple(len(key_spans) for _key, key_spans in asked)
         found: dict[str, Any] = {}
-        for row in self.db.execute(_windows_query(len(spans), len(asked)), params):
+        for row in self.db.execute(_windows_query(shape), params):
             found[row[0]] = row[1:]
         for key, key_spans in asked:
             sums = found.get(key)
-            for span in key_spans:
+            for index, span in enumerate(key_spans):
                 if sums is None:
                     out[(key, span)] = Window(0, 0)
                 else:
-                    index = spans.index(span)
                     out[(key, span)] = Window(
                         int(sums[2 * index] or 0), int(sums[2 * index + 1] or 0)
                     )
@@ -152,17 +152,21 @@ _UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
 
 
 @lru_cache(maxsize=64)
-def _windows_query(spans: int, keys: int) -> Any:
-    """Per key ``key_<k>`` (read back to ``since_<k>``): the key, then count and sum of its
-    buckets since ``start_<i>`` for each of the ``spans`` spans."""
+def _windows_query(shape: tuple[int, ...]) -> Any:
+    """Per key ``key_<k>`` with ``shape[k]`` spans (read back to ``since_<k>``, the longest):
+    the key, then count and sum since ``start_<k>_<i>`` for each shorter span, then the plain
+    count and sum; shorter rows are padded with NULLs for the UNION."""
     minute = _BUCKETS.c.minute
+    width = max(shape)
     selects = []
-    for key in range(keys):
+    for key, spans in enumerate(shape):
         columns: list[Any] = [_BUCKETS.c.key]
-        for index in range(spans):
-            inside = minute >= bindparam(f"start_{index}", type_=minute.type)
+        for inner in range(spans - 1):
+            inside = minute >= bindparam(f"start_{key}_{inner}", type_=minute.type)
             columns.append(func.sum(case((inside, _BUCKETS.c.count), else_=0)))
             columns.append(func.sum(case((inside, _BUCKETS.c.sum_fen), else_=0)))
+        columns += [func.sum(_BUCKETS.c.count), func.sum(_BUCKETS.c.sum_fen)]
+        columns += [null()] * (2 * (width - spans))
         selects.append(
             select(*columns)
             .where(
@@ -172,7 +176,7 @@ def _windows_query(spans: int, keys: int) -> Any:
             )
             .group_by(_BUCKETS.c.key)
         )
-    return selects[0] if keys == 1 else union_all(*selects)
+    return selects[0] if len(shape) == 1 else union_all(*selects)
 
 
 class RedisVelocity:
