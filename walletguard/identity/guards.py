@@ -31,6 +31,7 @@ from walletguard.identity.models import (
 )
 from walletguard.kit.controls import Controls
 from walletguard.kit.errors import WalletguardError
+from walletguard.kit.money import format_yuan
 
 if TYPE_CHECKING:
     # The service imports this module to compute device states; only the type goes back.
@@ -115,8 +116,8 @@ class CoolingOffCapReached(WalletguardError):
         super().__init__(
             "mfa.cooling_off_cap.detail",
             extensions={"cap_fen": cap_fen, "spent_today_fen": spent_fen},
-            cap=f"{cap_fen // 100:,}.{cap_fen % 100:02d}",
-            left=f"{max(0, cap_fen - spent_fen) // 100:,}.{max(0, cap_fen - spent_fen) % 100:02d}",
+            cap=format_yuan(cap_fen),
+            left=format_yuan(max(0, cap_fen - spent_fen)),
         )
 
 
