@@ -28,12 +28,13 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_payments import fresh_database  # noqa: E402
 from walletguard.app import create_app  # noqa: E402
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
@@ -61,17 +62,8 @@ def database(url: str | None) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    admin_url = make_url(DEFAULT_ADMIN_URL)
-    name = f"wg_statements_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(make_url(DEFAULT_ADMIN_URL)) as fresh:
+        yield fresh
 
 
 def _origin() -> str:

@@ -132,16 +132,7 @@ def chain_pending(session: Session) -> None:
         seq += 1
         entry.seq = seq
         entry.prev_hash = prev_hash
-        entry.hash = entry_hash(
-            seq=seq,
-            at=entry.at,
-            event=entry.event,
-            holder_id=entry.holder_id,
-            device_id=entry.device_id,
-            ip=entry.ip,
-            data=entry.data,
-            prev_hash=prev_hash,
-        )
+        entry.hash = recompute(entry)
         prev_hash = entry.hash
         rows.append(
             {
