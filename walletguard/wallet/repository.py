@@ -145,8 +145,10 @@ def spent_since(
     *,
     holder_id: uuid.UUID | None = None,
     card_id: uuid.UUID | None = None,
+    device_id: uuid.UUID | None = None,
 ) -> int:
-    """Pending and posted movements of these kinds since ``since``, by holder or by card."""
+    """Pending and posted movements of these kinds since ``since``, by holder, by card or made
+    from one device."""
     query = select(func.coalesce(func.sum(LedgerTransaction.amount_fen), 0)).where(
         LedgerTransaction.created_at >= since,
         LedgerTransaction.kind.in_(kinds),
@@ -156,6 +158,8 @@ def spent_since(
         query = query.where(LedgerTransaction.holder_id == holder_id)
     if card_id is not None:
         query = query.where(LedgerTransaction.card_id == card_id)
+    if device_id is not None:
+        query = query.where(LedgerTransaction.device_id == device_id)
     return int(db.scalar(query) or 0)
 
 
@@ -385,16 +389,3 @@ def delete_idempotency_record(db: Session, record_id: uuid.UUID) -> None:
         .where(IdempotencyRecord.id == record_id)
         .execution_options(synchronize_session=False)
     )
-
-
-def device_spent_since(
-    db: Session, since: datetime, kinds: Sequence[str], device_id: uuid.UUID
-) -> int:
-    """Pending and posted movements of these kinds since ``since`` made from one device."""
-    query = select(func.coalesce(func.sum(LedgerTransaction.amount_fen), 0)).where(
-        LedgerTransaction.created_at >= since,
-        LedgerTransaction.kind.in_(kinds),
-        LedgerTransaction.status.in_(LIVE_MOVEMENT_STATUSES),
-        LedgerTransaction.device_id == device_id,
-    )
-    return int(db.scalar(query) or 0)

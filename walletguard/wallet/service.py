@@ -19,8 +19,9 @@ Every movement follows the same order, and the order is the point:
    the ledger moves the money with one conditional UPDATE of both legs, the alert and its outbox
    rows are written, and the audit entries are chained as the transaction commits.
 
-Seams left for other capabilities are marked ``SEAM``: device cooling-off and step-up (identity's
-MFA).
+Between 5 and 6 a device still cooling off is held to its daily cap (``_guard_movement``);
+binding a card, raising a limit and reopening transactions are sensitive actions
+(``_guard_sensitive``: past cooling-off, the risk engine, a step-up).
 """
 
 from __future__ import annotations
@@ -370,7 +371,7 @@ class WalletService:
         self.counters = AttemptCounters(db, env.clock)
         self._payer: object | None = None
 
-    # -- seams ---------------------------------------------------------------------------
+    # -- device trust ----------------------------------------------------------------------
 
     def _guard_sensitive(self, principal: Principal, action: SensitiveAction) -> None:
         """Binding a card, raising a limit and reopening transactions are sensitive actions:
@@ -388,8 +389,11 @@ class WalletService:
         cap = guards.cooling_off_daily_cap_fen(self.db, self.env, principal)
         if cap is None:
             return
-        spent = repository.device_spent_since(
-            self.db, local_midnight(self.clock.now()), HOLDER_COUNTED_KINDS, principal.device_id
+        spent = repository.spent_since(
+            self.db,
+            local_midnight(self.clock.now()),
+            HOLDER_COUNTED_KINDS,
+            device_id=principal.device_id,
         )
         if spent + amount_fen > cap:
             raise guards.CoolingOffCapReached(cap, spent)
@@ -545,7 +549,7 @@ class WalletService:
     def _judge_movement(
         self, principal: Principal, kind: str, amount_fen: int, debited_card: Card | None
     ) -> repository.MovementFacts:
-        """Steps 5 of a new movement: lock the holder's wallet state, refuse if it is closed,
+        """Step 5 of a new movement: lock the holder's wallet state, refuse if it is closed,
         void expired holds, check the limits. Returns what was read under the lock (the
         holder's available balance among it)."""
         holder_id = principal.holder_id
