@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from tests.conftest import START
 from walletguard.bootstrap import Container
@@ -128,3 +129,70 @@ def test_decisions_count_in_redis_when_it_is_configured(
         for key in redis_store.client.scan_iter(match=f"wg:vel:holder:{holder.holder_id}"):
             redis_store.client.delete(key)
         container.close()
+
+
+def test_database_velocity_reads_what_its_transaction_counted(container: Container) -> None:
+    """Buckets are written just before COMMIT; until then the transaction's own reads count
+    what it recorded, and a savepoint that rolls back takes its counts with it."""
+    hour = timedelta(hours=1)
+
+    def refused_savepoint(store: DatabaseVelocity) -> None:
+        with store.db.begin_nested():
+            store.record(["holder:mine"], START, 1_000)
+            raise RuntimeError("refused")
+
+    with unit_of_work(container.sessions) as db:
+        store = DatabaseVelocity(db)
+        store.record(["holder:mine"], START - timedelta(minutes=2), 100)
+        with pytest.raises(RuntimeError):
+            refused_savepoint(store)
+        store.record(["holder:mine", "ip:mine"], START, 10)
+        assert store.window_map({"holder:mine": (hour,), "ip:mine": (hour,)}, START) == {
+            ("holder:mine", hour): Window(2, 110),
+            ("ip:mine", hour): Window(1, 10),
+        }
+    with unit_of_work(container.sessions) as db:
+        store = DatabaseVelocity(db)
+        assert store.windows(["holder:mine"], START, (hour,)) == {
+            ("holder:mine", hour): Window(2, 110)
+        }
+        assert store.count() == 3
+
+
+def test_an_open_transaction_does_not_hold_a_busy_bucket(
+    container: Container, is_postgres: bool
+) -> None:
+    """A busy key's bucket (one IP, one merchant) is a row every movement adds to. It is
+    written just before COMMIT, so a transaction still busy with its own work after counting
+    does not make every other movement under that key wait for it."""
+    if not is_postgres:
+        pytest.skip("SQLite has one writer at a time (BEGIN IMMEDIATE) by design")
+    import threading
+
+    counted = threading.Event()
+    other_committed = threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_movement() -> None:
+        try:
+            with unit_of_work(container.sessions) as db:
+                DatabaseVelocity(db).record(["ip:busy"], START, 1)
+                counted.set()
+                # Still inside its transaction; before, it held the bucket from here on.
+                assert other_committed.wait(timeout=10)
+        except BaseException as exc:  # reported below, in the test's own thread
+            failures.append(exc)
+
+    slow = threading.Thread(target=slow_movement)
+    slow.start()
+    assert counted.wait(timeout=10)
+    with unit_of_work(container.sessions) as db:
+        db.execute(text("SET LOCAL lock_timeout = '2s'"))
+        DatabaseVelocity(db).record(["ip:busy"], START, 2)
+    other_committed.set()
+    slow.join(timeout=30)
+    assert failures == []
+    with unit_of_work(container.sessions) as db:
+        assert DatabaseVelocity(db).windows(["ip:busy"], START, (timedelta(hours=1),)) == {
+            ("ip:busy", timedelta(hours=1)): Window(2, 3)
+        }

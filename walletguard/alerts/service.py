@@ -51,7 +51,7 @@ from walletguard.alerts.channels import (
 from walletguard.alerts.models import Alert, AlertChannel, AlertDelivery
 from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
-from walletguard.kit.db import is_postgres
+from walletguard.kit.db import core, is_postgres
 from walletguard.kit.errors import Conflict, InvalidInput, NotFound
 from walletguard.kit.i18n import LANGUAGES, Language, text
 from walletguard.kit.money import format_yuan
@@ -338,6 +338,8 @@ def channel_views(db: Session, holder_id: uuid.UUID, now: datetime) -> dict[str,
 
 _ALERTS = cast(Table, Alert.__table__)
 _DELIVERIES = cast(Table, AlertDelivery.__table__)
+_INSERT_ALERT = insert(_ALERTS)
+_INSERT_DELIVERIES = insert(_DELIVERIES)
 
 # Built once; columns, not entities (every alert reads them). Still an ORM statement, so the
 # session flushes first: a channel changed earlier in the same transaction is seen.
@@ -471,8 +473,8 @@ def raise_alert(
     # not in the session (it is what was written). What the caller has pending goes first
     # (the holder an alert is for may be new in this transaction).
     db.flush()
-    db.execute(insert(_ALERTS), row)
-    db.execute(insert(_DELIVERIES), deliveries)
+    core(db).execute(_INSERT_ALERT, row)
+    core(db).execute(_INSERT_DELIVERIES, deliveries)
     return Alert(**row)
 
 

@@ -14,14 +14,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Table, TextClause, event, func, insert, select, update
+from sqlalchemy import (
+    ClauseElement,
+    Table,
+    TextClause,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.util import find_tables
 
 from walletguard.audit.models import AuditEntry, AuditHead
 from walletguard.kit.clock import Clock
+from walletguard.kit.db import CommitQueue
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -81,8 +93,6 @@ def _locked_head(session: Session) -> tuple[int, str]:
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
-# Entries recorded in a session and not chained yet: (entry, the transaction it was recorded in).
-_PENDING = "walletguard.audit.pending"
 _AUDIT_TABLES = frozenset({"audit_log", "audit_head"})
 
 
@@ -113,22 +123,19 @@ def record(
         ip=ip,
         data=canonical_json(dict(data or {})),
     )
-    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.setdefault(
-        _PENDING, []
-    )
-    pending.append((entry, session.get_nested_transaction() or session.get_transaction()))
+    _QUEUE.add(session, entry)
     return entry
 
 
 def chain_pending(session: Session) -> None:
     """Chain the session's pending entries now: lock the head, number, hash and insert them."""
-    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.get(_PENDING) or []
-    if not pending:
-        return
-    session.info[_PENDING] = []
+    _QUEUE.write_now(session)
+
+
+def _chain(session: Session, pending: list[AuditEntry]) -> None:
     seq, prev_hash = _locked_head(session)
     rows: list[dict[str, Any]] = []
-    for entry, _ in pending:
+    for entry in pending:
         seq += 1
         entry.seq = seq
         entry.prev_hash = prev_hash
@@ -147,60 +154,45 @@ def chain_pending(session: Session) -> None:
                 "hash": entry.hash,
             }
         )
-    move_head = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=seq, hash=prev_hash)
-    if session.get_bind().dialect.name == "postgresql":
-        # The entries and the new head in one statement (a data-modifying WITH): one round
-        # trip less while the head is locked.
-        session.execute(move_head.add_cte(insert(_LOG).values(rows).cte("chained")))
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # The entries and the new head in one statement built once (arrays unnested into the
+        # rows, a data-modifying WITH): one round trip while the head is locked, no compiling.
+        columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+        for row in rows:
+            for name in _COLUMNS:
+                columns[name].append(row[name])
+        connection.execute(_CHAIN_POSTGRESQL, {**columns, "head_seq": seq, "head_hash": prev_hash})
     else:
-        session.execute(insert(_LOG), rows)
-        session.execute(move_head)
+        connection.execute(_INSERT_ENTRIES, rows)
+        connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": prev_hash})
 
 
-def _is_ancestor_or_self(transaction: SessionTransaction, of: SessionTransaction | None) -> bool:
-    current = of
-    while current is not None:
-        if current is transaction:
-            return True
-        current = current.parent
-    return False
+_COLUMNS = ("seq", "at", "event", "holder_id", "device_id", "ip", "data", "prev_hash", "hash")
+_INSERT_ENTRIES = insert(_LOG)
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ID)
+    .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+_CHAIN_POSTGRESQL = text(
+    "WITH chained AS (INSERT INTO audit_log (seq, at, event, holder_id, device_id, ip, data,"
+    " prev_hash, hash) SELECT * FROM unnest(CAST(:seq AS bigint[]),"
+    " CAST(:at AS timestamptz[]), CAST(:event AS varchar[]), CAST(:holder_id AS uuid[]),"
+    " CAST(:device_id AS uuid[]), CAST(:ip AS varchar[]), CAST(:data AS text[]),"
+    " CAST(:prev_hash AS varchar[]), CAST(:hash AS varchar[])))"
+    " UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = :head_id"
+).bindparams(head_id=HEAD_ID)
 
 
-@event.listens_for(Session, "before_commit")
-def _chain_before_commit(session: Session) -> None:
-    if session.in_nested_transaction() or not session.info.get(_PENDING):
-        return
-    # Everything else first, so that the head is locked only for the chaining and COMMIT.
-    session.flush()
-    chain_pending(session)
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
-    """Entries recorded in a transaction (or savepoint) that rolled back are never written."""
-    pending: list[tuple[AuditEntry, SessionTransaction | None]] = session.info.get(_PENDING) or []
-    if not pending:
-        return
-    if previous_transaction.parent is None:
-        session.info[_PENDING] = []
-        return
-    session.info[_PENDING] = [
-        (entry, made_in)
-        for entry, made_in in pending
-        if not _is_ancestor_or_self(previous_transaction, made_in)
-    ]
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session.info.pop(_PENDING, None)
+# Last of the commit queues: the head is locked only for the chaining and COMMIT.
+_QUEUE: CommitQueue[AuditEntry] = CommitQueue("audit", _chain, order=100)
 
 
 @event.listens_for(Session, "do_orm_execute")
 def _reads_see_pending(state: ORMExecuteState) -> None:
     """A read of the audit log sees the entries its own transaction recorded."""
-    if not state.session.info.get(_PENDING):
+    if not _QUEUE.has_pending(state.session):
         return
     statement = state.statement
     if isinstance(statement, TextClause):

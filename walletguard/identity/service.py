@@ -29,6 +29,7 @@ from walletguard.identity.phone import parse_mobile
 from walletguard.identity.pin_policy import check_payment_pin
 from walletguard.identity.resident_id import InvalidResidentId, parse_resident_id
 from walletguard.kit.crypto import hash_token
+from walletguard.kit.db import keep
 from walletguard.kit.errors import (
     InvalidInput,
     NotAuthenticated,
@@ -516,6 +517,8 @@ class IdentityService:
         if row is None:
             raise NotAuthenticated()
         session, device = row
+        # The request's later steps read the device (its trust) and the session again.
+        keep(self.db, session, device)
         idle_limit = timedelta(days=self.settings.session_idle_days)
         if (
             session.revoked_at is not None
@@ -816,6 +819,8 @@ class IdentityService:
         before payment passwords became keyed hashes) is checked as such and, when right,
         stored again in the current format. Returns the holder (callers reuse the row)."""
         holder = self._holder(principal.holder_id)
+        # The movement it authorises reads the holder again (the alert's recipient).
+        keep(self.db, holder)
         if holder.payment_pin_hash is None:
             raise PaymentPasswordNotSet("identity.pin.not_set")
         key = f"pin:{holder.id}"

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.sql.dml import ReturningInsert
 
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import Base, UtcDateTime
+from walletguard.kit.db import Base, UtcDateTime, core
 
 LockSchedule = Callable[[int], timedelta | None]
 # A schedule that also knows how many locks the key has had before (locks that grow each time).
@@ -108,7 +108,7 @@ class AttemptCounters:
         if window is not None:
             params["window_floor"] = now - window
         upsert = _reserve_statement(self.db.get_bind().dialect.name, window is not None)
-        row = self.db.execute(upsert, params).first()
+        row = core(self.db).execute(upsert, params).first()
         if row is None:
             locked_until = self.db.scalar(_LOCKED_UNTIL, {"counter_key": key})
             wait = (locked_until - now).total_seconds() if locked_until else 1
@@ -127,7 +127,7 @@ class AttemptCounters:
         return Reservation(True, failures, 0)
 
     def reset(self, key: str) -> None:
-        self.db.execute(_RESET, {"counter_key": key})
+        core(self.db).execute(_RESET, {"counter_key": key})
 
     def refund(self, key: str) -> None:
         """Take back one reserved attempt (a success that must not reset the whole count)."""

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from walletguard.audit.models import AuditEntry
 from walletguard.identity.models import Device, Holder
+from walletguard.kit.db import core
 from walletguard.messages.models import SimSwap
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
 
@@ -168,14 +169,14 @@ def holder_facts(db: Session, holder_id: uuid.UUID, payee_key: str | None) -> Ho
 
     A read-only look into identity's and messages' tables by the phone's blind index, instead
     of decrypting the profile and asking twice."""
-    row = db.execute(_HOLDER_FACTS, {"holder_id": holder_id, "payee_key": payee_key}).one()
+    row = core(db).execute(_HOLDER_FACTS, {"holder_id": holder_id, "payee_key": payee_key}).one()
     payee = PayeeStats(int(row[2]), row[3]) if row[2] is not None else None
     return HolderFacts(row[0], row[1], payee)
 
 
 def devices_of(db: Session, holder_id: uuid.UUID, device_id: uuid.UUID | None) -> list[DeviceSeen]:
     """The holder's devices not revoked, and the acting one even if it is."""
-    rows = db.execute(_DEVICES_OF_HOLDER, {"holder_id": holder_id, "device_id": device_id})
+    rows = core(db).execute(_DEVICES_OF_HOLDER, {"holder_id": holder_id, "device_id": device_id})
     return [DeviceSeen._make(row) for row in rows]
 
 
@@ -208,7 +209,8 @@ def history(
 ) -> list[Past]:
     """The holder's decisions since then, newest first (bounded); ``same_session`` says which
     were made in ``session_id``."""
-    rows = db.execute(_HISTORY, {"holder_id": holder_id, "since": since, "session_id": session_id})
+    params = {"holder_id": holder_id, "since": since, "session_id": session_id}
+    rows = core(db).execute(_HISTORY, params)
     return [Past._make(row) for row in rows]
 
 
@@ -216,7 +218,7 @@ def count_payment(
     db: Session, holder_id: uuid.UUID, payee_key: str, amount_fen: int, at: datetime
 ) -> None:
     """One more allowed payment to this payee (one upsert; the first one creates the row)."""
-    db.execute(
+    core(db).execute(
         _UPSERT_PAYEE[db.get_bind().dialect.name],
         {
             "holder_id": holder_id,
@@ -231,7 +233,7 @@ def count_payment(
 
 
 def store_decision(db: Session, values: dict[str, Any]) -> None:
-    db.execute(_INSERT_DECISION, values)
+    core(db).execute(_INSERT_DECISION, values)
 
 
 def decisions_since(db: Session, holder_id: uuid.UUID, since: datetime) -> Sequence[RiskDecision]:
@@ -252,7 +254,7 @@ def payee(db: Session, holder_id: uuid.UUID, payee_key: str) -> RiskPayee | None
 def last_scam_exposure(
     db: Session, holder_id: uuid.UUID, since: datetime
 ) -> Sequence[tuple[datetime, str | None]]:
-    rows = db.execute(_EXPOSURES_SINCE, {"holder_id": holder_id, "since": since})
+    rows = core(db).execute(_EXPOSURES_SINCE, {"holder_id": holder_id, "since": since})
     return [(row[0], row[1]) for row in rows]
 
 

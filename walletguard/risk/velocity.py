@@ -2,7 +2,9 @@
 
 Keys are ``holder:<id>``, ``card:<id>``, ``payee:<blind index>``, ``ip:<blind index>``. Two stores
 with one interface: the database (the embedded default; per-minute buckets in ``risk_velocity``,
-written in the caller's transaction so a rolled-back movement is not counted) and Redis
+written in the caller's transaction so a rolled-back movement is not counted — as the last
+writes before COMMIT, because a busy IP's or merchant's bucket is a row every payment updates:
+written mid-request, it would stay locked, and queue every other payment, until COMMIT) and Redis
 (production: one sorted set per key, scored by time, shared by every process; a write is not
 transactional with the database, so a refused movement may still count — it errs on the side of
 caution).
@@ -22,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from walletguard.kit.db import CommitQueue, core
 from walletguard.risk.models import RiskVelocityBucket
 
 # Nothing older than this is ever asked for; older entries are trimmed.
@@ -70,16 +73,11 @@ class DatabaseVelocity:
         return at.replace(second=0, microsecond=0)
 
     def record(self, keys: Iterable[str], at: datetime, amount_fen: int) -> None:
-        """One upsert per key (a single cached statement, executed as a batch); keys in a fixed
-        order so concurrent writers lock the same buckets in the same order (no deadlock)."""
-        ordered = sorted(set(keys))
-        if not ordered:
-            return
+        """Queued in the caller's transaction and upserted just before it commits (see
+        ``_write_buckets``); reads of this session count what it queued."""
         minute = self.minute_of(at)
-        self.db.execute(
-            _UPSERT[self.db.get_bind().dialect.name],
-            [{"key": key, "minute": minute, "count": 1, "sum_fen": amount_fen} for key in ordered],
-        )
+        for key in sorted(set(keys)):
+            _QUEUE.add(self.db, _Count(key, minute, amount_fen))
 
     def window_map(
         self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
@@ -100,17 +98,21 @@ class DatabaseVelocity:
                 params[f"start_{index}_{inner}"] = self.minute_of(now - span)
         shape = tuple(len(key_spans) for _key, key_spans in asked)
         found: dict[str, Any] = {}
-        for row in self.db.execute(_windows_query(shape), params):
+        for row in core(self.db).execute(_windows_query(shape), params):
             found[row[0]] = row[1:]
+        queued = _QUEUE.pending(self.db)
         for key, key_spans in asked:
             sums = found.get(key)
             for index, span in enumerate(key_spans):
-                if sums is None:
-                    out[(key, span)] = Window(0, 0)
-                else:
-                    out[(key, span)] = Window(
-                        int(sums[2 * index] or 0), int(sums[2 * index + 1] or 0)
-                    )
+                count = sum_fen = 0
+                if sums is not None:
+                    count, sum_fen = int(sums[2 * index] or 0), int(sums[2 * index + 1] or 0)
+                start = self.minute_of(now - span)
+                for mine in queued:
+                    if mine.key == key and start <= mine.minute <= now:
+                        count += 1
+                        sum_fen += mine.amount_fen
+                out[(key, span)] = Window(count, sum_fen)
         return out
 
     def windows(
@@ -120,6 +122,7 @@ class DatabaseVelocity:
 
     def trim(self, now: datetime) -> int:
         """Delete buckets no window reaches any more (a worker may call it)."""
+        _QUEUE.write_now(self.db)
         result = self.db.execute(
             delete(RiskVelocityBucket)
             .where(RiskVelocityBucket.minute < now - RETENTION)
@@ -128,6 +131,7 @@ class DatabaseVelocity:
         return int(getattr(result, "rowcount", 0) or 0)
 
     def count(self) -> int:
+        _QUEUE.write_now(self.db)
         total = self.db.scalar(select(func.sum(RiskVelocityBucket.count)))
         return int(total or 0)
 
@@ -149,6 +153,34 @@ def _upsert(dialect: str) -> Any:
 
 
 _UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+@dataclass(frozen=True)
+class _Count:
+    key: str
+    minute: datetime
+    amount_fen: int
+
+
+def _write_buckets(db: Session, counts: list[_Count]) -> None:
+    """One upsert per bucket (a single cached statement, executed as a batch), in a fixed order
+    so that concurrent writers lock the same buckets in the same order (no deadlock)."""
+    buckets: dict[tuple[str, datetime], list[int]] = {}
+    for count in counts:
+        bucket = buckets.setdefault((count.key, count.minute), [0, 0])
+        bucket[0] += 1
+        bucket[1] += count.amount_fen
+    core(db).execute(
+        _UPSERT[db.get_bind().dialect.name],
+        [
+            {"key": key, "minute": minute, "count": number, "sum_fen": total}
+            for (key, minute), (number, total) in sorted(buckets.items())
+        ],
+    )
+
+
+# Before the audit chain (order 100): the head is the one row locked by every writer.
+_QUEUE: CommitQueue[_Count] = CommitQueue("risk_velocity", _write_buckets, order=10)
 
 
 @lru_cache(maxsize=64)

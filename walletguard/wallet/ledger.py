@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import is_postgres
+from walletguard.kit.db import core, is_postgres
 from walletguard.kit.errors import Conflict
 from walletguard.kit.money import format_yuan
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction, Posting
@@ -108,6 +108,8 @@ _BY_CODE = (
 )
 # PostgreSQL sorts before it locks (ORDER BY runs below the row locks): id order, as lock().
 _LOCK_BY_CODE = _BY_CODE.with_for_update(key_share=True)
+_INSERT_TXN = insert(_TXNS)
+_INSERT_POSTINGS = insert(_POSTINGS)
 
 
 def _legs_statement(*, from_hold: bool) -> Update:
@@ -207,7 +209,7 @@ class Ledger:
         codes = sorted(wanted)
         query = _LOCK_BY_CODE if is_postgres(self.db) else _BY_CODE
         params = {"codes": codes}
-        found = {str(code): account_id for code, account_id in self.db.execute(query, params)}
+        found = {str(code): account_id for code, account_id in core(self.db).execute(query, params)}
         missing = [code for code in codes if code not in found]
         if not missing:
             return found
@@ -252,7 +254,7 @@ class Ledger:
         # Both legs in one conditional UPDATE: the debit's own check is in its WHERE, so the
         # statement changes two rows or the money is not there. The rows are already locked
         # (lock()), in id order, so this statement cannot deadlock on them.
-        legs = self.db.execute(
+        legs = core(self.db).execute(
             _LEGS_FROM_HOLD if txn.hold_account_id == debit_id else _LEGS,
             {"debit_id": debit_id, "credit_id": credit_id, "x": x},
         )
@@ -265,7 +267,7 @@ class Ledger:
         if as_objects:
             self.db.add_all([Posting(**posting) for posting in postings])
         else:
-            self.db.execute(insert(_POSTINGS), postings)
+            core(self.db).execute(_INSERT_POSTINGS, postings)
 
     def record_pending(self, txn: LedgerTransaction) -> LedgerTransaction:
         txn.status = PENDING
@@ -286,7 +288,7 @@ class Ledger:
             # movement and its postings, no unit-of-work bookkeeping; ``txn`` stays out of the
             # session, as written.
             self.db.flush()
-            self.db.execute(insert(_TXNS), {c.key: getattr(txn, c.key) for c in _TXNS.columns})
+            core(self.db).execute(_INSERT_TXN, {c.key: getattr(txn, c.key) for c in _TXNS.columns})
             self._apply_legs(txn, now, as_objects=False)
             return txn
         self.db.add(txn)

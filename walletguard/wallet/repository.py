@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.kit.db import UtcDateTime, is_postgres
+from walletguard.kit.db import UtcDateTime, core, is_postgres
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,
@@ -356,21 +356,25 @@ def claim_idempotency_key(db: Session, record: IdempotencyRecord) -> bool:
 
     One statement. A concurrent request with the same key waits here (PostgreSQL) until the
     first one commits, and then finds it taken."""
-    claimed = db.execute(
-        _claim_statement(db.get_bind().dialect.name),
-        {
-            "record_id": record.id,
-            "record_holder": record.holder_id,
-            "record_key": record.key,
-            "record_hash": record.request_hash,
-            "record_at": record.created_at,
-        },
-    ).first()
+    claimed = (
+        core(db)
+        .execute(
+            _claim_statement(db.get_bind().dialect.name),
+            {
+                "record_id": record.id,
+                "record_holder": record.holder_id,
+                "record_key": record.key,
+                "record_hash": record.request_hash,
+                "record_at": record.created_at,
+            },
+        )
+        .first()
+    )
     return claimed is not None
 
 
 def store_idempotent_response(db: Session, record_id: uuid.UUID, status: int, body: str) -> None:
-    db.execute(
+    core(db).execute(
         _STORE_RESPONSE,
         {"record_id": record_id, "new_status": status, "new_body": body},
     )

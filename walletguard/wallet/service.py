@@ -369,7 +369,6 @@ class WalletService:
         self.limits = Limits(db, env)
         self.bank = bank_gateway(db, env)
         self.counters = AttemptCounters(db, env.clock)
-        self._payer: object | None = None
 
     # -- device trust ----------------------------------------------------------------------
 
@@ -592,11 +591,7 @@ class WalletService:
 
     def _authorise(self, principal: Principal, payment_password: str) -> None:
         self._refuse_if_closed(principal.holder_id)
-        # Kept: the movement's alert goes to this holder, and the session's identity map holds
-        # rows only while something refers to them.
-        self._payer = IdentityService(self.db, self.env).verify_payment_password(
-            principal, payment_password
-        )
+        IdentityService(self.db, self.env).verify_payment_password(principal, payment_password)
 
     def _new_movement(
         self,
