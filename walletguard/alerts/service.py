@@ -332,7 +332,11 @@ def _view(channel: str, row: ChannelSetting | None, now: datetime) -> ChannelVie
 
 
 def channel_views(db: Session, holder_id: uuid.UUID, now: datetime) -> dict[str, ChannelView]:
-    rows = {row.channel: row for row in db.execute(_CHANNEL_SETTINGS, {"holder_id": holder_id})}
+    # A channel changed earlier in this transaction is seen: flushed first, then read on the
+    # connection (see kit.db.core).
+    db.flush()
+    settings = core(db).execute(_CHANNEL_SETTINGS, {"holder_id": holder_id})
+    rows = {row.channel: row for row in settings}
     return {channel: _view(channel, rows.get(channel), now) for channel in CHANNELS}
 
 
@@ -341,8 +345,7 @@ _DELIVERIES = cast(Table, AlertDelivery.__table__)
 _INSERT_ALERT = insert(_ALERTS)
 _INSERT_DELIVERIES = insert(_DELIVERIES)
 
-# Built once; columns, not entities (every alert reads them). Still an ORM statement, so the
-# session flushes first: a channel changed earlier in the same transaction is seen.
+# Built once; columns, not entities (every alert reads them).
 _CHANNEL_SETTINGS = select(
     AlertChannel.channel,
     AlertChannel.enabled,

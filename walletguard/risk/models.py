@@ -9,7 +9,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    Uuid,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from walletguard.kit.db import Base, new_id
@@ -93,12 +103,16 @@ class RiskScamExposure(Base):
 
 
 class RiskVelocityBucket(Base):
-    """Count and sum under one key in one minute (the database velocity store, the embedded
-    default): a window reads at most one row per minute it spans, however busy the key."""
+    """Count and sum under one key in one minute, in one of ``risk.velocity.SHARDS`` shards (the
+    database velocity store, the embedded default). A writer adds to a shard of its own choice,
+    so movements under one busy key (a carrier-grade NAT's IP, a popular merchant) rarely wait
+    for each other's row; a window sums every shard of the minutes it spans: at most
+    ``SHARDS`` rows a minute, however busy the key."""
 
     __tablename__ = "risk_velocity"
 
     key: Mapped[str] = mapped_column(String(96), primary_key=True)
     minute: Mapped[datetime] = mapped_column(primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, server_default="0")
     count: Mapped[int] = mapped_column(Integer)
     sum_fen: Mapped[int] = mapped_column(BigInteger)

@@ -12,6 +12,7 @@ caution).
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from walletguard.risk.models import RiskVelocityBucket
 
 # Nothing older than this is ever asked for; older entries are trimmed.
 RETENTION = timedelta(days=2)
+# Each minute of a key is kept in up to this many rows; a transaction adds to one of them.
+SHARDS = 16
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,9 @@ def _same_spans(keys: Sequence[str], spans: Sequence[timedelta]) -> dict[str, Se
 
 
 class DatabaseVelocity:
-    """Per-minute buckets, upserted in the caller's transaction; a window sums the buckets that
-    start inside it (minute resolution: an event up to a minute older than the span may count,
-    which errs on the side of caution)."""
+    """Per-minute buckets (in shards), upserted in the caller's transaction just before it
+    commits; a window sums the buckets that start inside it (minute resolution: an event up to
+    a minute older than the span may count, which errs on the side of caution)."""
 
     def __init__(self, db: Session) -> None:
         self.db = db
@@ -144,7 +147,7 @@ def _upsert(dialect: str) -> Any:
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(_BUCKETS)
     return statement.on_conflict_do_update(
-        index_elements=[_BUCKETS.c.key, _BUCKETS.c.minute],
+        index_elements=[_BUCKETS.c.key, _BUCKETS.c.minute, _BUCKETS.c.shard],
         set_={
             "count": _BUCKETS.c.count + statement.excluded.count,
             "sum_fen": _BUCKETS.c.sum_fen + statement.excluded.sum_fen,
@@ -163,8 +166,11 @@ class _Count:
 
 
 def _write_buckets(db: Session, counts: list[_Count]) -> None:
-    """One upsert per bucket (a single cached statement, executed as a batch), in a fixed order
-    so that concurrent writers lock the same buckets in the same order (no deadlock)."""
+    """One upsert per bucket (a single cached statement, executed as a batch) into one shard,
+    drawn for the transaction: two movements under the same busy key meet on a row only when
+    they draw the same shard. Buckets in a fixed order, so that writers of one shard lock them
+    in the same order (no deadlock)."""
+    shard = secrets.randbelow(SHARDS)
     buckets: dict[tuple[str, datetime], list[int]] = {}
     for count in counts:
         bucket = buckets.setdefault((count.key, count.minute), [0, 0])
@@ -173,7 +179,7 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
     core(db).execute(
         _UPSERT[db.get_bind().dialect.name],
         [
-            {"key": key, "minute": minute, "count": number, "sum_fen": total}
+            {"key": key, "minute": minute, "shard": shard, "count": number, "sum_fen": total}
             for (key, minute), (number, total) in sorted(buckets.items())
         ],
     )

@@ -311,12 +311,14 @@ def kill_switch(db: Session, holder_id: uuid.UUID, *, lock: bool) -> KillSwitch 
     """The holder's kill switch, read alone (``lock``: and the wallet state locked, like
     ``lock_wallet_state``); None when the holder has no wallet state yet."""
     statement = _LOCK_KILL_SWITCH if lock else _KILL_SWITCH
-    row: KillSwitch | None = db.execute(statement, {"state_holder": holder_id}).first()
+    # Flushed first, as an ORM statement would be: the request's own session-row touch is
+    # written, and locked, before the wallet state (see incidents); then read on the connection.
+    db.flush()
+    row: KillSwitch | None = core(db).execute(statement, {"state_holder": holder_id}).first()
     return row
 
 
-# Columns, not the entity: read before every movement. ORM statements, so the session flushes
-# first (its own session-row touch is written and locked before the wallet state).
+# Columns, not the entity: read before every movement.
 _KILL_SWITCH = select(WalletState.closed_at, WalletState.reopens_at).where(
     WalletState.holder_id == bindparam("state_holder", type_=Uuid())
 )
