@@ -167,10 +167,11 @@ class _Count:
 
 def _write_buckets(db: Session, counts: list[_Count]) -> None:
     """One upsert per bucket (a single cached statement, executed as a batch) into one shard,
-    drawn for the transaction: two movements under the same busy key meet on a row only when
-    they draw the same shard. Buckets in a fixed order, so that writers of one shard lock them
-    in the same order (no deadlock)."""
-    shard = secrets.randbelow(SHARDS)
+    drawn once for the session: two movements under the same busy key meet on a row only when
+    they drew the same shard. Every write of a transaction goes to its one shard, buckets in a
+    fixed order, so that writers meeting on a shard lock its rows in the same order (no
+    deadlock, even for a transaction that writes its queue twice)."""
+    shard: int = db.info.setdefault(_SHARD, secrets.randbelow(SHARDS))
     buckets: dict[tuple[str, datetime], list[int]] = {}
     for count in counts:
         bucket = buckets.setdefault((count.key, count.minute), [0, 0])
@@ -185,6 +186,7 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
     )
 
 
+_SHARD = "walletguard.risk.velocity_shard"
 # Before the audit chain (order 100): the head is the one row locked by every writer.
 _QUEUE: CommitQueue[_Count] = CommitQueue("risk_velocity", _write_buckets, order=10)
 
