@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from walletguard import __version__
 from walletguard.alerts.endpoints import router as alerts_router
-from walletguard.alerts.worker import in_process_delivery
+from walletguard.alerts.worker import HOUSEKEEPING_SECONDS, PeriodicJob, in_process_delivery
 from walletguard.bootstrap import Container, build_container
 from walletguard.identity.endpoints import router as identity_router
 from walletguard.incidents.endpoints import operator_router
@@ -22,6 +22,7 @@ from walletguard.messages.endpoints import router as messages_router
 from walletguard.messages.endpoints import sandbox_router
 from walletguard.risk.endpoints import operator_router as risk_operator_router
 from walletguard.risk.endpoints import router as risk_router
+from walletguard.risk.service import run_housekeeping
 from walletguard.wallet.endpoints import router as wallet_router
 
 
@@ -49,6 +50,15 @@ class RefuseOversizedBodies:
         await self.app(scope, receive, send)
 
 
+def periodic_jobs(container: Container) -> list[PeriodicJob]:
+    """What the delivery loop also runs (``walletguard worker``, and the embedded server's
+    delivery thread): the risk engine's housekeeping — expire unanswered holds, trim the
+    velocity buckets no window reads any more."""
+    return [
+        PeriodicJob("risk housekeeping", HOUSEKEEPING_SECONDS, lambda: run_housekeeping(container))
+    ]
+
+
 def create_app(container: Container | None = None) -> FastAPI:
     container = container or build_container()
 
@@ -56,7 +66,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The embedded default delivers alerts on a thread of the server process (see
         # walletguard.alerts.worker.delivers_in_process); production runs `walletguard worker`.
-        with in_process_delivery(container):
+        with in_process_delivery(container, periodic_jobs(container)):
             yield
 
     app = FastAPI(

@@ -111,8 +111,10 @@ def worker(
     batch: Annotated[int, typer.Option(min=1, help="Most deliveries per round.")] = 100,
 ) -> None:
     """Deliver alerts from the outbox (email, webhook, SMS) until stopped; run as many as you
-    like (production: PostgreSQL). A worker killed mid-delivery loses nothing."""
+    like (production: PostgreSQL). A worker killed mid-delivery loses nothing. Every 5 minutes
+    it also runs the risk engine's housekeeping (expire holds, trim velocity buckets)."""
     from walletguard.alerts.worker import run_worker_process
+    from walletguard.app import periodic_jobs
 
     container = _container()
     _ensure_schema(container)
@@ -123,6 +125,7 @@ def worker(
             interval=interval,
             batch=batch,
             report=lambda line: out.print(line, highlight=False),
+            periodic=periodic_jobs(container),
         )
     finally:
         container.close()
@@ -279,16 +282,14 @@ app.add_typer(risk_app, name="risk")
 
 @risk_app.command("housekeeping")
 def risk_housekeeping() -> None:
-    """Expire unanswered holds and trim velocity buckets older than any window (the workers do
-    it every few minutes; run it from cron where no worker runs)."""
-    from walletguard.kit.db import unit_of_work
-    from walletguard.risk.service import RiskService
+    """Expire unanswered holds and trim velocity buckets older than any window (`walletguard
+    worker` and the embedded server do it every 5 minutes; run it from cron where neither runs)."""
+    from walletguard.risk.service import run_housekeeping
 
     container = _container()
     _ensure_schema(container)
     try:
-        with unit_of_work(container.sessions) as db:
-            expired, trimmed = RiskService(db, container).housekeeping()
+        expired, trimmed = run_housekeeping(container)
         out.print(f"risk housekeeping: {expired} holds expired, {trimmed} velocity buckets trimmed")
     finally:
         container.close()

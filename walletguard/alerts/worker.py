@@ -15,7 +15,9 @@ the alert but before recording it causes one repeat); webhook receivers deduplic
 
 ``deliver_due`` is the synchronous entry point (tests, the simulator, ``walletguard worker
 --once``); ``run_worker`` loops; ``in_process_delivery`` runs that loop on a thread inside
-``serve``/``demo`` on the embedded default (started from the app's lifespan).
+``serve``/``demo`` on the embedded default (started from the app's lifespan). The loop also runs
+the periodic jobs it is given between rounds (``walletguard worker`` and the in-process thread
+give it the risk engine's housekeeping, every ``HOUSEKEEPING_SECONDS``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import json
 import logging
 import signal
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -286,6 +289,20 @@ def deliver_due(
     return delivered
 
 
+# How often a worker runs the housekeeping it is given (expire holds, trim velocity buckets).
+HOUSEKEEPING_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    """A job the delivery loop runs every ``every_s`` seconds (the first time one period after
+    it starts), in its own transaction; a failing run is logged and tried at the next period."""
+
+    name: str
+    every_s: float
+    run: Callable[[], object]
+
+
 def run_worker(
     container: Container,
     stop: threading.Event,
@@ -294,10 +311,13 @@ def run_worker(
     batch: int = 100,
     adapters: ChannelAdapters | None = None,
     report: Callable[[int], None] | None = None,
+    periodic: Sequence[PeriodicJob] = (),
 ) -> None:
-    """Deliver until ``stop`` is set, polling every ``interval`` seconds when idle."""
+    """Deliver until ``stop`` is set, polling every ``interval`` seconds when idle, and run the
+    ``periodic`` jobs when they are due."""
     interval = interval if interval is not None else container.settings.alert_poll_seconds
     adapters = adapters or default_adapters(container)
+    due_at = [time.monotonic() + job.every_s for job in periodic]
     while not stop.is_set():
         try:
             delivered = deliver_due(container, limit=batch, adapters=adapters)
@@ -307,6 +327,14 @@ def run_worker(
             delivered = 0
         if delivered and report is not None:
             report(delivered)
+        for index, job in enumerate(periodic):
+            if time.monotonic() < due_at[index]:
+                continue
+            due_at[index] = time.monotonic() + job.every_s
+            try:
+                job.run()
+            except Exception:
+                log.exception("periodic job %s failed", job.name)
         if delivered < batch:
             stop.wait(interval)
 
@@ -326,14 +354,21 @@ def delivers_in_process(container: Container) -> bool:
 
 
 @contextlib.contextmanager
-def in_process_delivery(container: Container) -> Iterator[threading.Thread | None]:
-    """Run the delivery loop on a daemon thread for the duration of the block (if enabled)."""
+def in_process_delivery(
+    container: Container, periodic: Sequence[PeriodicJob] = ()
+) -> Iterator[threading.Thread | None]:
+    """Run the delivery loop (and the ``periodic`` jobs) on a daemon thread for the duration of
+    the block (if enabled)."""
     if not delivers_in_process(container):
         yield None
         return
     stop = threading.Event()
     thread = threading.Thread(
-        target=run_worker, args=(container, stop), name="walletguard-alerts", daemon=True
+        target=run_worker,
+        args=(container, stop),
+        kwargs={"periodic": periodic},
+        name="walletguard-alerts",
+        daemon=True,
     )
     thread.start()
     log.info("alert delivery running in process")
@@ -351,8 +386,10 @@ def run_worker_process(
     interval: float | None,
     batch: int,
     report: Callable[[str], None],
+    periodic: Sequence[PeriodicJob] = (),
 ) -> int:
-    """``walletguard worker``: deliver until SIGTERM / Ctrl-C (or once); how many delivered."""
+    """``walletguard worker``: deliver until SIGTERM / Ctrl-C (or once); how many delivered.
+    The ``periodic`` jobs run while it loops (not with ``once``)."""
     if once:
         delivered = deliver_due(container, limit=batch)
         report(f"Delivered {delivered} alert(s).")
@@ -372,6 +409,6 @@ def run_worker_process(
         report(f"Delivered {delivered} alert(s) ({total} since start).")
 
     report("Delivering alerts; stop with Ctrl-C.")
-    run_worker(container, stop, interval=interval, batch=batch, report=_count)
+    run_worker(container, stop, interval=interval, batch=batch, report=_count, periodic=periodic)
     report(f"Stopped after delivering {total} alert(s).")
     return total

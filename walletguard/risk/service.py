@@ -31,6 +31,7 @@ from walletguard.identity.guards import (
 )
 from walletguard.identity.models import Device
 from walletguard.identity.service import Principal
+from walletguard.kit.db import unit_of_work
 from walletguard.kit.errors import Conflict, NotFound, WalletguardError
 from walletguard.risk import repository
 from walletguard.risk.geo import geo_locator
@@ -589,3 +590,10 @@ def ask_about_sensitive_action(
         ip=principal.ip,
     )
     return RiskService(db, env).check(event, principal, freeze_payments=freeze_payments)
+
+
+def run_housekeeping(container: Container) -> tuple[int, int]:
+    """One round of ``RiskService.housekeeping`` in its own transaction (``walletguard risk
+    housekeeping``, and the workers' periodic job). Returns (holds expired, buckets trimmed)."""
+    with unit_of_work(container.sessions) as db:
+        return RiskService(db, container).housekeeping()
