@@ -33,7 +33,7 @@ from sqlalchemy.sql.util import find_tables
 
 from walletguard.audit.models import AuditEntry, AuditHead
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import CommitQueue
+from walletguard.kit.db import CommitQueue, core
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -75,24 +75,29 @@ def _locked_head(session: Session) -> tuple[int, str]:
     On an empty log the head row does not exist yet, and ``FOR UPDATE`` locks nothing: two
     first entries would both become #1. So the row is created with ``ON CONFLICT DO NOTHING``
     first — a concurrent creator waits on the primary key until the other commits — and only
-    then locked.
+    then locked. Prebuilt statements on the session's connection (``kit.db.core``): every
+    commit that chains runs them, the last of them while holding the one row all writers share.
+    The session is flushed first, as the ORM form of the read did by itself.
     """
-    locked = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == HEAD_ID).with_for_update()
-    head = session.execute(locked).first()
+    if session.autoflush:
+        session.flush()
+    connection = core(session)
+    head = connection.execute(_LOCK_HEAD).first()
     if head is None:
-        dialect = session.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        session.execute(
-            insert(AuditHead)
-            .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
-            .on_conflict_do_nothing(index_elements=[AuditHead.id])
-        )
-        head = session.execute(locked).one()
+        connection.execute(_CREATE_HEAD[connection.dialect.name])
+        head = connection.execute(_LOCK_HEAD).one()
     return int(head[0]), str(head[1])
 
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+_CREATE_HEAD = {
+    dialect: insert_fn(_HEAD)
+    .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+    .on_conflict_do_nothing(index_elements=[_HEAD.c.id])
+    for dialect, insert_fn in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
+}
 _AUDIT_TABLES = frozenset({"audit_log", "audit_head"})
 
 
@@ -154,7 +159,7 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
                 "hash": entry.hash,
             }
         )
-    connection = session.connection()
+    connection = core(session)
     if connection.dialect.name == "postgresql":
         # The entries and the new head in one statement built once (arrays unnested into the
         # rows, a data-modifying WITH): one round trip while the head is locked, no compiling.

@@ -79,7 +79,7 @@ class DatabaseVelocity:
         """Queued in the caller's transaction and upserted just before it commits (see
         ``_write_buckets``); reads of this session count what it queued."""
         minute = self.minute_of(at)
-        for key in sorted(set(keys)):
+        for key in set(keys):  # ordered when written
             _QUEUE.add(self.db, _Count(key, minute, amount_fen))
 
     def window_map(
