@@ -24,6 +24,11 @@ verifies (the payment password is a keyed HMAC-SHA256 since issue #3; the login 
 stays Argon2id). ``--cheap-argon2`` (m=8 MiB, t=1) makes the login-password hashing of the
 preparation cheaper; it does not change what a payment costs any more.
 
+Last, what the statements alone allow: one payment is traced in process on a fresh database
+(``bench/payment_statements.py``) to count its statements, and one prebuilt statement's client
+CPU is timed here; ``bare CPU / (bare CPU + (statements - 1) x one statement)`` is the ratio a
+payment could reach if everything but its statements were free.
+
 Beside each closed-loop line the server processes' CPU time per request is printed (from
 /proc; PostgreSQL's own CPU is not in it): unlike req/s it hardly moves when other work shares
 the machine, whose busy share is sampled before and after the runs and printed too.
@@ -53,17 +58,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, bindparam, create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
 
-from walletguard.bank.service import sandbox_bank
-from walletguard.bootstrap import build_container
-from walletguard.kit.db import unit_of_work
-from walletguard.kit.settings import Settings
-from walletguard.migrations import upgrade
-from walletguard.wallet.models import LedgerTransaction
-
 REPO = Path(__file__).resolve().parent.parent
+# This checkout's walletguard, not whichever one is installed: the servers (started in REPO)
+# run it, so the migrations and the checks here must be the same (a worktree, a clean clone).
+sys.path.insert(0, str(REPO))
+
+from walletguard.bank.service import sandbox_bank  # noqa: E402
+from walletguard.bootstrap import build_container  # noqa: E402
+from walletguard.kit.db import unit_of_work  # noqa: E402
+from walletguard.kit.ratelimit import AttemptCounter  # noqa: E402
+from walletguard.kit.settings import Settings  # noqa: E402
+from walletguard.migrations import upgrade  # noqa: E402
+from walletguard.wallet.models import LedgerTransaction  # noqa: E402
+
 LOADGEN = REPO / "bench" / "loadgen.py"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -484,6 +494,23 @@ def open_loop(
     return run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
 
 
+def statement_cpu_ms(engine: Engine, *, rounds: int = 5, per_round: int = 400) -> float:
+    """Client CPU of one statement on this stack, in ms: a prebuilt primary-key SELECT run on
+    a Connection (the cheapest way walletguard sends one), median of ``rounds``, measured in
+    this process while no server runs. The servers pay at least this for each statement."""
+    statement = select(AttemptCounter.locked_until).where(AttemptCounter.key == bindparam("key"))
+    samples: list[float] = []
+    with engine.connect() as conn, conn.begin():
+        for _ in range(20):  # past psycopg's prepare threshold, as the servers are
+            conn.execute(statement, {"key": "bench"}).first()
+        for _ in range(rounds):
+            started = time.process_time()
+            for _ in range(per_round):
+                conn.execute(statement, {"key": "bench"}).first()
+            samples.append((time.process_time() - started) * 1000 / per_round)
+    return sorted(samples)[len(samples) // 2]
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -561,6 +588,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     )
     container = build_container(settings)
     upgrade(container.engine)
+    _progress("counting the statements of one payment, timing one statement")
+    from bench.payment_statements import count_payment_statements
+
+    statements = count_payment_statements(args.admin_url)
+    one_statement_ms = statement_cpu_ms(container.engine)
     busy_before = machine_busy_share()
     print(
         f"PostgreSQL {_server_version(container.engine)}; {os.cpu_count()} CPUs; "
@@ -691,6 +723,21 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} (target >= 50 %)"
     )
     print(f"payments p99 at half load      : {pay_open.p99_ms:6.1f} ms (target <= 50 ms)")
+    # What the statements alone allow: a payment sends `statements`, the bare endpoint one; if
+    # nothing else in a payment cost anything, it would still cost the bare request plus the
+    # client CPU of the others (a lower bound: under load each one costs more than here).
+    extra_ms = (statements - 1) * one_statement_ms
+    if bare_closed.server_cpu_ms:
+        ceiling = bare_closed.server_cpu_ms / (bare_closed.server_cpu_ms + extra_ms)
+        print(
+            f"statements of one payment      : {statements} (bare: 1); one costs "
+            f"{one_statement_ms:.3f} ms of client CPU here, so the other {statements - 1} "
+            f"cost >= {extra_ms:.1f} ms"
+        )
+        print(
+            f"ratio allowed by that alone    : {ceiling:6.1%} (bare {bare_closed.server_cpu_ms:.1f}"
+            f" ms/req + {extra_ms:.1f} ms; payment measured {pay_closed.server_cpu_ms or 0:.1f})"
+        )
     print(f"payments posted in the ledger  : {posted} ({answered} answered 2xx, warm-up included)")
     verdict = "reconciles" if ledger.returncode == 0 else "DOES NOT reconcile"
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")

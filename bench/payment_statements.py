@@ -91,22 +91,49 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print each statement's SQL")
     args = parser.parse_args()
     with database(args.database_url) as url, tempfile.TemporaryDirectory() as data:
-        settings = Settings(
-            data_dir=Path(data),
-            database_url=url,
-            field_keys=SecretStr(f'{{"s1": "{_key()}"}}'),
-            field_active_key="s1",
-            index_key=SecretStr(_key()),
-            argon2_time_cost=1,
-            argon2_memory_kib=8192,
-        )
-        container = build_container(settings)
+        container = build_container(_settings(url, Path(data)))
         upgrade(container.engine)
         trace(container, verbose=args.verbose)
         container.close()
 
 
 def trace(container: Any, *, verbose: bool) -> None:
+    seen = statements_of_one_payment(container)
+    sql = [s for s in seen if s[0] not in ("BEGIN", "COMMIT")]
+    print(f"{container.engine.dialect.name}: {len(sql)} statements in one POST /api/v1/payments")
+    for number, (statement, origin) in enumerate(seen, start=1):
+        first = " ".join(statement.split())
+        shown = first if verbose else first[:90]
+        print(f"{number:3d}  {origin:<60} {shown}")
+
+
+def count_payment_statements(admin_url: str) -> int:
+    """How many SQL statements (BEGIN and COMMIT not counted) one payment sends, traced on a
+    fresh PostgreSQL database next to ``admin_url`` (dropped afterwards)."""
+    with fresh_database(make_url(admin_url)) as url, tempfile.TemporaryDirectory() as data:
+        container = build_container(_settings(url, Path(data)))
+        try:
+            upgrade(container.engine)
+            seen = statements_of_one_payment(container)
+        finally:
+            container.close()
+    return len([s for s in seen if s[0] not in ("BEGIN", "COMMIT")])
+
+
+def _settings(url: str, data: Path) -> Settings:
+    return Settings(
+        data_dir=data,
+        database_url=url,
+        field_keys=SecretStr(f'{{"s1": "{_key()}"}}'),
+        field_active_key="s1",
+        index_key=SecretStr(_key()),
+        argon2_time_cost=1,
+        argon2_memory_kib=8192,
+    )
+
+
+def statements_of_one_payment(container: Any) -> list[tuple[str, str]]:
+    """(statement, origin) of the third payment of a holder prepared through the API."""
     with TestClient(create_app(container)) as client:
         started = client.post("/api/v1/registrations", json={"phone": PHONE}).json()
         done = client.post(
@@ -199,12 +226,7 @@ def trace(container: Any, *, verbose: bool) -> None:
         finally:
             for name, fn in listeners:
                 event.remove(engine, name, fn)
-    sql = [s for s in seen if s[0] not in ("BEGIN", "COMMIT")]
-    print(f"{engine.dialect.name}: {len(sql)} statements in one POST /api/v1/payments")
-    for number, (statement, origin) in enumerate(seen, start=1):
-        first = " ".join(statement.split())
-        shown = first if verbose else first[:90]
-        print(f"{number:3d}  {origin:<60} {shown}")
+    return seen
 
 
 if __name__ == "__main__":

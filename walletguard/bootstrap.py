@@ -69,7 +69,8 @@ def build_container(
     )
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
+    # async: no I/O, so no hop to a worker thread (see walletguard.kit.http).
     container: Container = request.app.state.container
     return container
 

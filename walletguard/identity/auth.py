@@ -31,9 +31,10 @@ def any_device_principal(request: Request, db: DbSession, env: Env) -> Principal
     return IdentityService(db, env).authenticate(_bearer_token(request), client_ip(request))
 
 
-def current_principal(
+async def current_principal(
     principal: Annotated[Principal, Depends(any_device_principal)],
 ) -> Principal:
+    # async: no I/O, so no hop to a worker thread (see walletguard.kit.http).
     if principal.device_trust == DeviceState.NEW:
         raise DeviceNotVerified()
     return principal

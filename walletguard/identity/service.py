@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,13 @@ from walletguard.kit.ratelimit import AttemptCounters, LockSchedule
 from walletguard.messages.service import PHONE_CONTEXT, PhoneInbox
 
 SENDER = "walletguard"
+
+# Every authenticated request runs it: built once (its cache key is not worked out anew).
+_SESSION_BY_TOKEN = (
+    select(LoginSession, Device)
+    .join(Device, Device.id == LoginSession.device_id)
+    .where(LoginSession.token_hash == bindparam("token_hash"))
+)
 
 
 class InvalidCredentials(WalletguardError):
@@ -509,11 +516,7 @@ class IdentityService:
 
     def authenticate(self, session_token: str, ip: str | None) -> Principal:
         now = self.clock.now()
-        row = self.db.execute(
-            select(LoginSession, Device)
-            .join(Device, Device.id == LoginSession.device_id)
-            .where(LoginSession.token_hash == hash_token(session_token))
-        ).first()
+        row = self.db.execute(_SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)}).first()
         if row is None:
             raise NotAuthenticated()
         session, device = row

@@ -109,15 +109,35 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
-        session.commit()
     except BaseException as exc:
-        if getattr(exc, "keep_writes", False):
-            session.commit()
-        else:
-            session.rollback()
+        end_unit_of_work(session, exc)
         raise
+    end_unit_of_work(session, None)
+
+
+def end_unit_of_work(session: Session, error: BaseException | None) -> None:
+    """The end of ``unit_of_work``, for callers that cannot hold a ``with`` block open (the
+    request's session, whose end runs on another thread than its start): commit, or after
+    ``error`` commit if it says ``keep_writes`` and roll back if not; always close. A commit
+    that fails is rolled back and its error raised."""
+    try:
+        if error is None:
+            try:
+                session.commit()
+            except BaseException as failed:
+                _end_after_error(session, failed)
+                raise
+        else:
+            _end_after_error(session, error)
     finally:
         session.close()
+
+
+def _end_after_error(session: Session, error: BaseException) -> None:
+    if getattr(error, "keep_writes", False):
+        session.commit()
+    else:
+        session.rollback()
 
 
 def core(session: Session) -> Connection:
