@@ -24,10 +24,11 @@ verifies (the payment password is a keyed HMAC-SHA256 since issue #3; the login 
 stays Argon2id). ``--cheap-argon2`` (m=8 MiB, t=1) makes the login-password hashing of the
 preparation cheaper; it does not change what a payment costs any more.
 
-Last, what the statements alone allow: one payment is traced in process on a fresh database
-(``bench/payment_statements.py``) to count its statements, and one prebuilt statement's client
-CPU is timed here; ``bare CPU / (bare CPU + (statements - 1) x one statement)`` is the ratio a
-payment could reach if everything but its statements were free.
+Last, each endpoint is sent ``--alone`` requests one at a time and the server's CPU per
+request is printed for them too (no other request in the way), with the number of statements
+one payment sends (traced in process on a fresh database by ``bench/payment_statements.py``).
+Only the CPU of that run is a figure: its latencies are those of one loopback connection used
+back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
 Beside each closed-loop line the server processes' CPU time per request is printed (from
 /proc; PostgreSQL's own CPU is not in it): unlike req/s it hardly moves when other work shares
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, func, select, text
+from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,6 @@ sys.path.insert(0, str(REPO))
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
 from walletguard.kit.db import unit_of_work  # noqa: E402
-from walletguard.kit.ratelimit import AttemptCounter  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
 from walletguard.wallet.models import LedgerTransaction  # noqa: E402
@@ -480,6 +480,23 @@ def closed_loop(
     return probe, result
 
 
+def one_at_a_time(
+    children: Children,
+    target: Server,
+    make_lines: Callable[[int], list[str]],
+    workdir: Path,
+    *,
+    count: int,
+) -> LoadResult:
+    """``count`` requests on one connection, each sent when the last is answered: what a
+    request costs the server when it has the machine to itself (no other request's threads,
+    connections and caches in its way)."""
+    cpu_before = target.cpu_seconds()
+    result = run_load(children, target.port, make_lines(count), workdir, concurrency=1)
+    result.server_cpu_ms = (target.cpu_seconds() - cpu_before) * 1000 / result.requests
+    return result
+
+
 def open_loop(
     children: Children,
     target: Server,
@@ -492,23 +509,6 @@ def open_loop(
 ) -> LoadResult:
     lines = make_lines(max(50, int(rate * seconds)))
     return run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
-
-
-def statement_cpu_ms(engine: Engine, *, rounds: int = 5, per_round: int = 400) -> float:
-    """Client CPU of one statement on this stack, in ms: a prebuilt primary-key SELECT run on
-    a Connection (the cheapest way walletguard sends one), median of ``rounds``, measured in
-    this process while no server runs. The servers pay at least this for each statement."""
-    statement = select(AttemptCounter.locked_until).where(AttemptCounter.key == bindparam("key"))
-    samples: list[float] = []
-    with engine.connect() as conn, conn.begin():
-        for _ in range(20):  # past psycopg's prepare threshold, as the servers are
-            conn.execute(statement, {"key": "bench"}).first()
-        for _ in range(rounds):
-            started = time.process_time()
-            for _ in range(per_round):
-                conn.execute(statement, {"key": "bench"}).first()
-            samples.append((time.process_time() - started) * 1000 / per_round)
-    return sorted(samples)[len(samples) // 2]
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -537,6 +537,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="loadgen connections")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
+    parser.add_argument(
+        "--alone", type=int, default=200, help="requests sent one at a time, each endpoint"
+    )
     parser.add_argument(
         "--cheap-argon2",
         action="store_true",
@@ -588,11 +591,10 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     )
     container = build_container(settings)
     upgrade(container.engine)
-    _progress("counting the statements of one payment, timing one statement")
+    _progress("counting the statements of one payment")
     from bench.payment_statements import count_payment_statements
 
     statements = count_payment_statements(args.admin_url)
-    one_statement_ms = statement_cpu_ms(container.engine)
     busy_before = machine_busy_share()
     print(
         f"PostgreSQL {_server_version(container.engine)}; {os.cpu_count()} CPUs; "
@@ -655,6 +657,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             concurrency=args.concurrency,
         )
 
+        _progress("payments: one at a time")
+        pay_alone = one_at_a_time(children, target, pay_lines, workdir, count=args.alone)
+
     ledger = subprocess.run(
         [sys.executable, "-m", "walletguard.cli", "ledger", "check"],
         env=env,
@@ -670,7 +675,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             .where(LedgerTransaction.kind == "payment", LedgerTransaction.status == "posted")
         )
     container.close()
-    answered = sum(r.requests - r.errors for r in (pay_warmup, pay_closed, pay_open))
+    answered = sum(r.requests - r.errors for r in (pay_warmup, pay_closed, pay_open, pay_alone))
 
     bare_env = {**os.environ, "WALLETGUARD_DATABASE_URL": database_url}
     subprocess.run(
@@ -704,6 +709,8 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             seconds=args.seconds,
             concurrency=args.concurrency,
         )
+        _progress("bare endpoint: one at a time")
+        bare_alone = one_at_a_time(children, target, bare_lines, workdir, count=args.alone)
 
     busy_after = machine_busy_share()
     print(
@@ -723,21 +730,14 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} (target >= 50 %)"
     )
     print(f"payments p99 at half load      : {pay_open.p99_ms:6.1f} ms (target <= 50 ms)")
-    # What the statements alone allow: a payment sends `statements`, the bare endpoint one; if
-    # nothing else in a payment cost anything, it would still cost the bare request plus the
-    # client CPU of the others (a lower bound: under load each one costs more than here).
-    extra_ms = (statements - 1) * one_statement_ms
-    if bare_closed.server_cpu_ms:
-        ceiling = bare_closed.server_cpu_ms / (bare_closed.server_cpu_ms + extra_ms)
+    # The CPU of a request with the machine to itself, beside the statements a payment sends.
+    bare_ms, pay_ms = bare_alone.server_cpu_ms or 0.0, pay_alone.server_cpu_ms or 0.0
+    if bare_ms and pay_ms:
         print(
-            f"statements of one payment      : {statements} (bare: 1); one costs "
-            f"{one_statement_ms:.3f} ms of client CPU here, so the other {statements - 1} "
-            f"cost >= {extra_ms:.1f} ms"
+            f"server CPU, one at a time      : payment {pay_ms:.1f} ms, bare {bare_ms:.1f} ms: "
+            f"ratio {bare_ms / pay_ms:6.1%}"
         )
-        print(
-            f"ratio allowed by that alone    : {ceiling:6.1%} (bare {bare_closed.server_cpu_ms:.1f}"
-            f" ms/req + {extra_ms:.1f} ms; payment measured {pay_closed.server_cpu_ms or 0:.1f})"
-        )
+    print(f"statements of one payment      : {statements} (bare: 1)")
     print(f"payments posted in the ledger  : {posted} ({answered} answered 2xx, warm-up included)")
     verdict = "reconciles" if ledger.returncode == 0 else "DOES NOT reconcile"
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")
