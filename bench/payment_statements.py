@@ -1,14 +1,20 @@
 """The SQL statements of one ``POST /api/v1/payments``, numbered, with where each comes from.
 
-    .venv/bin/python bench/payment_statements.py [--database-url URL] [--verbose]
+    .venv/bin/python bench/payment_statements.py [--database-url URL] [--verbose] [--cpu N]
 
 Without ``--database-url`` a fresh PostgreSQL database is created next to
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` and dropped on exit; ``sqlite`` uses a
 temporary SQLite file. A holder is prepared through the API in process (TestClient), pays twice
 to warm every cache and lazily created row, and the third payment is traced: every statement
 the session sends (savepoints included), the module and line of walletguard that sent it, and
-the total. Counting statements is what this is for; the time of a payment is measured by
-``bench/bench_payments.py``.
+the total. Counting statements is what this is for; the time of a payment under load is
+measured by ``bench/bench_payments.py``.
+
+``--cpu N`` then times N more payments one at a time, each beside a ``GET /healthz`` on the
+same client, and prints the median CPU of this process for each (the app's threads and the test
+client's together). Nothing else runs in the process and nothing waits on another request, so
+it moves far less from run to run than HTTP load does on a shared machine: it is for telling
+whether a change to the payment path made it cheaper (run it on both versions, alternately).
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import argparse
 import base64
 import secrets
+import statistics
 import sys
 import tempfile
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -89,16 +97,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--database-url", help="a database to use as is, or 'sqlite'")
     parser.add_argument("--verbose", action="store_true", help="print each statement's SQL")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        metavar="N",
+        help="also time N payments one at a time (median CPU of this process a payment)",
+    )
     args = parser.parse_args()
     with database(args.database_url) as url, tempfile.TemporaryDirectory() as data:
         container = build_container(_settings(url, Path(data)))
         upgrade(container.engine)
-        trace(container, verbose=args.verbose)
+        with paying_holder(container) as pay:
+            trace(container, pay, verbose=args.verbose)
+            if args.cpu:
+                payment_ms, health_ms = cpu_per_request(pay, args.cpu)
+                print(
+                    f"CPU a payment (median of {args.cpu}, in process, test client included): "
+                    f"{payment_ms:.2f} ms; a GET /healthz on the same client: {health_ms:.2f} ms"
+                )
         container.close()
 
 
-def trace(container: Any, *, verbose: bool) -> None:
-    seen = statements_of_one_payment(container)
+def trace(container: Any, pay: _Payer, *, verbose: bool) -> None:
+    seen = statements_of_one_payment(container, pay)
     sql = [s for s in seen if s[0] not in ("BEGIN", "COMMIT")]
     print(f"{container.engine.dialect.name}: {len(sql)} statements in one POST /api/v1/payments")
     for number, (statement, origin) in enumerate(seen, start=1):
@@ -114,7 +135,8 @@ def count_payment_statements(admin_url: str) -> int:
         container = build_container(_settings(url, Path(data)))
         try:
             upgrade(container.engine)
-            seen = statements_of_one_payment(container)
+            with paying_holder(container) as pay:
+                seen = statements_of_one_payment(container, pay)
         finally:
             container.close()
     return len([s for s in seen if s[0] not in ("BEGIN", "COMMIT")])
@@ -132,8 +154,79 @@ def _settings(url: str, data: Path) -> Settings:
     )
 
 
-def statements_of_one_payment(container: Any) -> list[tuple[str, str]]:
+def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, str]]:
     """(statement, origin) of the third payment of a holder prepared through the API."""
+    pay()
+    pay()
+    seen: list[tuple[str, str]] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        seen.append((statement, _origin()))
+
+    def on_begin(conn: Any) -> None:
+        seen.append(("BEGIN", _origin()))
+
+    def on_commit(conn: Any) -> None:
+        seen.append(("COMMIT", _origin()))
+
+    engine = container.engine
+    listeners = [
+        ("before_cursor_execute", before),
+        ("begin", on_begin),
+        ("commit", on_commit),
+    ]
+    for name, fn in listeners:
+        event.listen(engine, name, fn)
+    try:
+        pay()
+    finally:
+        for name, fn in listeners:
+            event.remove(engine, name, fn)
+    return seen
+
+
+def cpu_per_request(pay: _Payer, count: int) -> tuple[float, float]:
+    """Median CPU of this process (every thread: the app's and the test client's) for one
+    payment, and for one ``GET /healthz`` on the same client (what the client and the framework
+    cost around any request), in ms, over ``count`` of each after a warm-up. Requests run one
+    at a time, nothing else in the process: a steadier figure than HTTP load on a shared
+    machine, for comparing two versions of the payment path."""
+    client = pay.client
+    for _ in range(10):
+        pay()
+        client.get("/healthz")
+    payments, health = [], []
+    for _ in range(count):
+        started = time.process_time()
+        pay()
+        payments.append(time.process_time() - started)
+        started = time.process_time()
+        client.get("/healthz")
+        health.append(time.process_time() - started)
+    return statistics.median(payments) * 1000, statistics.median(health) * 1000
+
+
+class _Payer:
+    """Pays 1.00 yuan from the prepared holder's balance; ``client`` is the test client."""
+
+    def __init__(self, client: TestClient, auth: dict[str, str]) -> None:
+        self.client = client
+        self.auth = auth
+
+    def __call__(self) -> int:
+        response = self.client.post(
+            "/api/v1/payments",
+            json={"merchant": "便利店01", "amount": "1.00", "payment_password": PIN},
+            headers={**self.auth, "Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert response.status_code == 201, response.text
+        return response.status_code
+
+
+@contextmanager
+def paying_holder(container: Any) -> Iterator[_Payer]:
+    """A holder registered, with a payment password, a bound card and a topped-up balance,
+    all through the API in process; yields what pays from that balance."""
     with TestClient(create_app(container)) as client:
         started = client.post("/api/v1/registrations", json={"phone": PHONE}).json()
         done = client.post(
@@ -191,42 +284,7 @@ def statements_of_one_payment(container: Any) -> list[tuple[str, str]]:
             headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
         )
 
-        def pay() -> int:
-            response = client.post(
-                "/api/v1/payments",
-                json={"merchant": "便利店01", "amount": "1.00", "payment_password": PIN},
-                headers={**auth, "Idempotency-Key": str(uuid.uuid4())},
-            )
-            assert response.status_code == 201, response.text
-            return response.status_code
-
-        pay()
-        pay()
-        seen: list[tuple[str, str]] = []
-
-        def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-            seen.append((statement, _origin()))
-
-        def on_begin(conn: Any) -> None:
-            seen.append(("BEGIN", _origin()))
-
-        def on_commit(conn: Any) -> None:
-            seen.append(("COMMIT", _origin()))
-
-        engine = container.engine
-        listeners = [
-            ("before_cursor_execute", before),
-            ("begin", on_begin),
-            ("commit", on_commit),
-        ]
-        for name, fn in listeners:
-            event.listen(engine, name, fn)
-        try:
-            pay()
-        finally:
-            for name, fn in listeners:
-                event.remove(engine, name, fn)
-    return seen
+        yield _Payer(client, auth)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""Storage: migrations up and down on both databases; no plaintext personal data at rest."""
+"""Storage: migrations up and down on both databases; no plaintext personal data at rest;
+timestamps come back as the instants stored, in UTC."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from tests.conftest import STRONG_PASSWORD, Database, register
 from walletguard.bootstrap import Container
-from walletguard.kit.db import create_db_engine
+from walletguard.kit.db import create_db_engine, unit_of_work
+from walletguard.kit.ratelimit import AttemptCounter
 from walletguard.migrations import current_heads, downgrade, upgrade
 from walletguard.models import Base
 
@@ -90,3 +93,21 @@ def test_migrations_match_the_models(db_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_timestamps_come_back_as_the_same_instant_in_utc(container: Container) -> None:
+    beijing = datetime(2026, 3, 12, 17, 30, 15, 123456, tzinfo=timezone(timedelta(hours=8)))
+    with unit_of_work(container.sessions) as db:
+        db.add(AttemptCounter(key="tz", failures=0, window_start=beijing, lock_count=0))
+    with unit_of_work(container.sessions) as db:
+        stored = db.scalar(select(AttemptCounter.window_start).where(AttemptCounter.key == "tz"))
+        if container.settings.is_sqlite:
+            return_zone = None
+        else:
+            # Every PostgreSQL session of ours is in UTC (kit.db.create_db_engine), whatever
+            # the server's default zone, so values arrive in Python's own UTC.
+            return_zone = db.execute(text("SHOW TimeZone")).scalar_one()
+    assert stored == beijing
+    assert stored is not None and stored.tzinfo is UTC
+    assert stored.hour == 9
+    assert return_zone in (None, "UTC")

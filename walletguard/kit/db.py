@@ -8,12 +8,21 @@ failing on lock upgrade; PostgreSQL uses row locks where a spend is decided.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    or_,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -47,6 +56,8 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
+        if value.tzinfo is UTC:
+            return value
         return value.astimezone(UTC)
 
 
@@ -91,7 +102,19 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _postgres_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # Timestamps come back in the session's time zone. In UTC psycopg gives them Python's
+        # own UTC, which UtcDateTime passes through as they are; in any other zone (the
+        # server's default, whatever it is) each one would be converted again on every read.
+        # Nothing here depends on the session's zone otherwise: local days are worked out in
+        # Python (wallet.limits.local_midnight).
+        dbapi_conn.execute("SET TIME ZONE 'UTC'")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -138,6 +161,15 @@ def _end_after_error(session: Session, error: BaseException) -> None:
         session.commit()
     else:
         session.rollback()
+
+
+def one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN (values)`` for values fixed when a prebuilt statement is built.
+
+    ``in_()`` sends its list as one "expanding" parameter, which SQLAlchemy renders into the
+    SQL anew on every execution; comparisons joined by OR are plain parameters, rendered once.
+    For the statements every decision or movement runs; anywhere else ``in_()`` is fine."""
+    return or_(*(column == value for value in values))
 
 
 def core(session: Session) -> Connection:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from walletguard.audit.models import AuditEntry
 from walletguard.identity.models import Device, Holder
-from walletguard.kit.db import core
+from walletguard.kit.db import core, one_of
 from walletguard.messages.models import SimSwap
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
 
@@ -80,7 +80,7 @@ _AUDIT_EVENTS = (
     .where(
         _AUDIT.c.holder_id == bindparam("holder_id"),
         _AUDIT.c.at >= bindparam("since"),
-        _AUDIT.c.event.in_(list(AUDIT_STEPS)),
+        one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
     )
     .order_by(_AUDIT.c.seq)
 )

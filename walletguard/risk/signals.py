@@ -7,6 +7,7 @@ happened); the names are the rule vocabulary (``walletguard.risk.rules.SIGNALS``
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ class Facts:
     current_tags: frozenset[str] = frozenset()
 
 
+@functools.cache
+def _movement_tags(action: str, payee_new: bool) -> frozenset[str]:
+    """The sequence tags of an earlier movement (one set for each kind of movement, made once:
+    a decision walks up to ``HISTORY_ROWS`` of them)."""
+    return frozenset({"movement", action, "new_payee"} if payee_new else {"movement", action})
+
+
 def _hours(now: datetime, then: datetime | None) -> float:
     if then is None:
         return NEVER_H
@@ -172,14 +180,23 @@ class SignalReader:
             seen_last = self.geo.locate(other.last_seen_ip)
             if seen_last is not None:
                 last_seen.append((other.last_seen_at, seen_last))
+        seen_in_history = False
         for past in history:
             if past.place and past.outcome == "allow":
                 familiar.add(past.place.split("/")[0])
             # Only where the holder was let in counts as "last seen": a refused attempt from
             # the far city must not make the thief's next attempt look like no travel at all.
-            if past.outcome == "allow" and past.lat is not None and past.lon is not None:
+            # History is newest first, so its first such row up to now is the one that counts.
+            if (
+                not seen_in_history
+                and past.outcome == "allow"
+                and past.lat is not None
+                and past.lon is not None
+                and past.created_at <= now
+            ):
                 parts = (past.place or "").split("/")
                 last_seen.append((past.created_at, Place(parts[0], parts[-1], past.lat, past.lon)))
+                seen_in_history = True
         s["province_familiar"] = place is None or not familiar or place.province in familiar
         s["travel_km"] = 0.0
         s["travel_kmh"] = 0.0
@@ -319,10 +336,7 @@ class SignalReader:
                 break
             if past.kind != "movement":
                 continue
-            tags = {"movement", past.action}
-            if past.payee_new:
-                tags.add("new_payee")
-            timeline.append((past.created_at, frozenset(tags)))
+            timeline.append((past.created_at, _movement_tags(past.action, bool(past.payee_new))))
         timeline.sort(key=lambda item: item[0])
         current: set[str] = {event.action}
         if event.kind == "movement":

@@ -15,6 +15,7 @@ are never updated or deleted.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     Table,
     Update,
     Uuid,
@@ -101,13 +103,21 @@ def _rowcount(result: object) -> int:
 _ACCOUNTS = cast(Table, LedgerAccount.__table__)
 _TXNS = cast(Table, LedgerTransaction.__table__)
 _POSTINGS = cast(Table, Posting.__table__)
-_BY_CODE = (
-    select(_ACCOUNTS.c.code, _ACCOUNTS.c.id)
-    .where(_ACCOUNTS.c.code.in_(bindparam("codes", expanding=True)))
-    .order_by(_ACCOUNTS.c.id)
-)
-# PostgreSQL sorts before it locks (ORDER BY runs below the row locks): id order, as lock().
-_LOCK_BY_CODE = _BY_CODE.with_for_update(key_share=True)
+
+
+@functools.cache
+def _by_code(count: int, lock: bool) -> Select[str, uuid.UUID]:
+    """The accounts with ``count`` codes (``code_0``, ``code_1``, …), built once for each count:
+    an ``in_()`` list would be rendered into the SQL again on every movement."""
+    statement = (
+        select(_ACCOUNTS.c.code, _ACCOUNTS.c.id)
+        .where(or_(*(_ACCOUNTS.c.code == bindparam(f"code_{i}") for i in range(count))))
+        .order_by(_ACCOUNTS.c.id)
+    )
+    # PostgreSQL sorts before it locks (ORDER BY runs below the row locks): id order, as lock().
+    return statement.with_for_update(key_share=True) if lock else statement
+
+
 _INSERT_TXN = insert(_TXNS)
 _INSERT_POSTINGS = insert(_POSTINGS)
 
@@ -207,8 +217,8 @@ class Ledger:
         """The ids of the accounts with these codes (``code: (kind, holder_id)``), created if
         need be and locked in id order like ``lock``: one statement when they all exist."""
         codes = sorted(wanted)
-        query = _LOCK_BY_CODE if is_postgres(self.db) else _BY_CODE
-        params = {"codes": codes}
+        query = _by_code(len(codes), is_postgres(self.db))
+        params = {f"code_{i}": code for i, code in enumerate(codes)}
         found = {str(code): account_id for code, account_id in core(self.db).execute(query, params)}
         missing = [code for code in codes if code not in found]
         if not missing:

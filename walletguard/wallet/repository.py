@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.kit.db import UtcDateTime, core, is_postgres
+from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,
@@ -227,7 +227,9 @@ _ACCOUNTS = cast(Table, LedgerAccount.__table__)
 _KEYS = cast(Table, IdempotencyRecord.__table__)
 
 
-def _movement_facts_statement() -> Select[Any]:
+@functools.cache
+def _movement_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
+    """Built once for each set of counted kinds (there is one: the limits' kinds)."""
     txn = _TXNS.c
     since = bindparam("since", type_=UtcDateTime())
     now = bindparam("now", type_=UtcDateTime())
@@ -235,8 +237,8 @@ def _movement_facts_statement() -> Select[Any]:
     counted = case(
         (
             (txn.created_at >= since)
-            & txn.kind.in_(bindparam("counted_kinds", expanding=True))
-            & txn.status.in_(LIVE_MOVEMENT_STATUSES),
+            & one_of(txn.kind, counted_kinds)
+            & one_of(txn.status, LIVE_MOVEMENT_STATUSES),
             txn.amount_fen,
         ),
         else_=0,
@@ -263,10 +265,6 @@ def _movement_facts_statement() -> Select[Any]:
     ).where(txn.holder_id == holder, (txn.created_at >= since) | (txn.status == "pending"))
 
 
-# Built once (Core): it runs before every movement.
-_MOVEMENT_FACTS = _movement_facts_statement()
-
-
 def movement_facts(
     db: Session,
     holder_id: uuid.UUID,
@@ -276,16 +274,22 @@ def movement_facts(
     counted_kinds: Sequence[str],
     holder_account_code: str,
 ) -> MovementFacts:
-    row = db.execute(
-        _MOVEMENT_FACTS,
-        {
-            "facts_holder": holder_id,
-            "since": since,
-            "now": now,
-            "counted_kinds": list(counted_kinds),
-            "account_code": holder_account_code,
-        },
-    ).one()
+    # Before every movement, so on the connection; flushed first, as the ORM read it replaces
+    # was (autoflush): whatever the request changed so far is what the facts are read from.
+    db.flush()
+    row = (
+        core(db)
+        .execute(
+            _movement_facts_statement(tuple(counted_kinds)),
+            {
+                "facts_holder": holder_id,
+                "since": since,
+                "now": now,
+                "account_code": holder_account_code,
+            },
+        )
+        .one()
+    )
     return MovementFacts(
         spent_today_fen=int(row[0]),
         has_limit_settings=bool(row[2]),
