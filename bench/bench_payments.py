@@ -31,8 +31,11 @@ Only the CPU of that run is a figure: its latencies are those of one loopback co
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
 Beside each closed-loop line the server processes' CPU time per request is printed (from
-/proc; PostgreSQL's own CPU is not in it): unlike req/s it hardly moves when other work shares
-the machine, whose busy share is sampled before and after the runs and printed too.
+/proc; PostgreSQL's own CPU is not in it): it moves less than req/s when other work shares
+the machine, whose busy share is sampled before and after the runs and printed too, but on a
+shared virtual machine it still moved by some 20 % between runs of the same code; to compare two
+versions of the payment path, ``bench/payment_statements.py --cpu 300`` (in process, one payment
+at a time, run alternately on both) is the steadier figure.
 """
 
 from __future__ import annotations
