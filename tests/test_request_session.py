@@ -93,9 +93,7 @@ def test_any_other_refusal_is_rolled_back(http: TestClient, container: Container
     assert not _stored(container, key)
 
 
-def test_a_failed_commit_is_an_error_not_a_success(
-    http: TestClient, container: Container
-) -> None:
+def test_a_failed_commit_is_an_error_not_a_success(http: TestClient, container: Container) -> None:
     key = f"t:{uuid.uuid4()}"
     response = http.post(f"/test/commit-fails/{key}")
     assert response.status_code == 500
