@@ -34,18 +34,17 @@ async def _db_session(request: Request) -> AsyncIterator[Session]:
     """
     factory: sessionmaker[Session] = request.app.state.container.sessions
     session = factory()
+    error: BaseException | None = None
     try:
         yield session
     except BaseException as exc:
+        error = exc
+        raise
+    finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(
-                end_unit_of_work, session, exc, limiter=anyio.CapacityLimiter(1)
+                end_unit_of_work, session, error, limiter=anyio.CapacityLimiter(1)
             )
-        raise
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(
-            end_unit_of_work, session, None, limiter=anyio.CapacityLimiter(1)
-        )
 
 
 DbSession = Annotated[Session, Depends(_db_session, scope="function")]
