@@ -56,9 +56,7 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        if value.tzinfo is UTC:
-            return value
-        return value.astimezone(UTC)
+        return value.astimezone(UTC)  # the value itself when it is already in Python's UTC
 
 
 class Base(DeclarativeBase):
@@ -107,8 +105,8 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
     @event.listens_for(engine, "connect")
     def _postgres_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
         # Timestamps come back in the session's time zone. In UTC psycopg gives them Python's
-        # own UTC, which UtcDateTime passes through as they are; in any other zone (the
-        # server's default, whatever it is) each one would be converted again on every read.
+        # own UTC, and UtcDateTime's astimezone(UTC) returns them as they are; in any other zone
+        # (the server's default, whatever it is) each one would be converted on every read.
         # Nothing here depends on the session's zone otherwise: local days are worked out in
         # Python (wallet.limits.local_midnight).
         dbapi_conn.execute("SET TIME ZONE 'UTC'")
