@@ -7,6 +7,7 @@ failing on lock upgrade; PostgreSQL uses row locks where a spend is decided.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from sqlalchemy import (
     or_,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -68,7 +70,13 @@ def new_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 10.0
+
+
+def create_db_engine(
+    url: str, *, pool_size: int = 10, ping_after_idle_s: float = PING_AFTER_IDLE_S
+) -> Engine:
     if url.startswith("sqlite"):
         # SQLite has one writer and every transaction here begins IMMEDIATE, so requests queue
         # for the database whatever the pool size. They queue in the pool, where a waiter can be
@@ -100,7 +108,8 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    _ping_when_idle(engine, ping_after_idle_s)
 
     @event.listens_for(engine, "connect")
     def _postgres_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
@@ -113,6 +122,36 @@ def create_db_engine(url: str, *, pool_size: int = 10) -> Engine:
         dbapi_conn.commit()
 
     return engine
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection before use only if it sat idle for ``idle_s`` or more.
+
+    ``pool_pre_ping`` pings on every checkout: one more round trip a request, most of them on a
+    connection given back a few milliseconds earlier. A connection dies of what happens while it
+    waits (the server restarted, a proxy or firewall dropped it), so only one that waited long
+    is pinged; a dead one is replaced before anyone uses it (``DisconnectionError`` makes the
+    pool connect afresh). A connection that dies while in use, or in the few seconds it was idle,
+    fails its request, and SQLAlchemy then renews every connection of the pool that is older
+    than the failure; the API answers that request 503 ``database-unavailable`` with
+    ``Retry-After`` (kit.errors), which a client retries with the same Idempotency-Key.
+    """
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        # A new connection has no "idle_since" (the pool clears ``info`` when it reconnects).
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except dbapi_error as error:
+            raise DisconnectionError("pooled connection lost while idle") from error
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from walletguard.kit.i18n import Language, negotiate, text
@@ -181,6 +182,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         }
         slug, key = slugs.get(exc.status_code, ("http-error", "error.http"))
         return _generic_problem(request, exc.status_code, slug, key)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not exc.connection_invalidated:
+            return await _unexpected(request, exc)
+        # The database connection was lost (kit.db renews the pool). Lost before COMMIT nothing
+        # was written; lost during it, the outcome is unknown to us: either way the client may
+        # send the same request with the same Idempotency-Key, which cannot run it twice.
+        log.warning("database connection lost", extra={"path": request.url.path})
+        response = _generic_problem(request, 503, "database-unavailable", "error.database_lost")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
