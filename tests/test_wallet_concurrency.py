@@ -29,8 +29,10 @@ from tests.wallet_support import (
     wallet,
 )
 from walletguard.bootstrap import Container
+from walletguard.identity.service import IdentityService
 from walletguard.kit.db import unit_of_work
 from walletguard.kit.errors import WalletguardError
+from walletguard.kit.ratelimit import AttemptCounter
 from walletguard.kit.settings import Settings
 from walletguard.wallet.ledger import reconcile
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction
@@ -119,6 +121,40 @@ def test_two_threads_spending_the_same_balance_exactly_one_wins(
             with unit_of_work(container.sessions) as db:
                 WalletService(db, container).refund(unrefunded, operator="test", reason="round")
     _check_ledger(container)
+
+
+def test_parallel_wrong_payment_passwords_get_five_tries_between_them(
+    client: TestClient, container: Container
+) -> None:
+    """Twelve wrong payment passwords checked at once: five are refused as wrong, the other
+    seven find payments locked; a payment with the right one afterwards is locked out too.
+    Checked through identity's own verification, which no wallet lock serialises: each attempt
+    waits for the one before it on the PIN counter's row (PostgreSQL) or the write lock
+    (SQLite), so none is checked on a count read before another's failure was counted."""
+    holder, _, _ = funded_holder(client, container, PHONES[0], top_up="100.00")
+    principal = principal_of(holder)
+
+    def guess(index: int) -> str:
+        wrong = f"{(int(PIN) + 1 + index) % 1_000_000:06d}"
+        try:
+            with unit_of_work(container.sessions) as db:
+                IdentityService(db, container).verify_payment_password(principal, wrong)
+        except WalletguardError as exc:
+            return exc.slug
+        return "ok"
+
+    outcomes = Counter(_in_parallel(12, guess))
+    assert outcomes == Counter({"payment-password-wrong": 5, "payments-locked": 7}), outcomes
+    right = _outcome(
+        container,
+        lambda s: s.pay(principal, merchant="甲店", amount_fen=100, payment_password=PIN),
+    )
+    assert right == "payments-locked"
+    with container.sessions() as db:
+        counter = db.get(AttemptCounter, f"pin:{holder.holder_id}")
+        assert counter is not None
+        assert (counter.failures, counter.lock_count) == (5, 1)
+    assert wallet(client, holder)["balance"] == "100.00"
 
 
 def test_opposite_transfers_do_not_deadlock(client: TestClient, container: Container) -> None:

@@ -818,7 +818,9 @@ class IdentityService:
     def verify_payment_password(self, principal: Principal, pin: str) -> Holder:
         """Authorise a payment: 5 wrong tries lock payments, each lock twice the last.
 
-        The attempt is counted before the PIN is checked. A PIN still stored as Argon2id (set
+        The holder's PIN counter is locked before the PIN is checked (``AttemptCounters.hold``):
+        parallel guesses wait for each other, and each sees the count the one before it left. A
+        wrong PIN is counted before its refusal commits. A PIN still stored as Argon2id (set
         before payment passwords became keyed hashes) is checked as such and, when right,
         stored again in the current format. Returns the holder (callers reuse the row)."""
         holder = self._holder(principal.holder_id)
@@ -835,19 +837,20 @@ class IdentityService:
                 return None
             return min(base * (1 << min(previous_locks, 12)), timedelta(days=7))
 
-        tries = self.counters.reserve_escalating(key, schedule)
-        if not tries.allowed:
+        held = self.counters.hold(key)
+        if (wait := held.retry_after_s) > 0:
             raise PaymentsLocked(
                 "identity.pin.locked",
-                extensions={"retry_after_s": tries.retry_after_s},
-                headers={"Retry-After": str(tries.retry_after_s)},
-                minutes=max(1, -(-tries.retry_after_s // 60)),
+                extensions={"retry_after_s": wait},
+                headers={"Retry-After": str(wait)},
+                minutes=max(1, -(-wait // 60)),
             )
         pins = self.env.pin_hasher
         stored = holder.payment_pin_hash
         legacy = not pins.is_current(stored)
         right = self._verify_password(stored, pin) if legacy else pins.verify(stored, pin)
         if not right:
+            failures = self.counters.count_failure(held, schedule)
             audit.record(
                 self.db,
                 self.clock,
@@ -855,12 +858,13 @@ class IdentityService:
                 holder_id=holder.id,
                 device_id=principal.device_id,
                 ip=principal.ip,
-                data={"consecutive_failures": tries.failures},
+                data={"consecutive_failures": failures},
             )
             raise PaymentPasswordWrong(
-                "identity.pin.wrong", remaining=max(0, max_failures - tries.failures)
+                "identity.pin.wrong", remaining=max(0, max_failures - failures)
             )
         if legacy:
             holder.payment_pin_hash = pins.hash(pin)
-        self.counters.reset(key)
+        if held.failures or held.locked_until is not None:
+            self.counters.reset(key)
         return holder

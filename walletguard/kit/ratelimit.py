@@ -3,6 +3,13 @@
 An attempt is *reserved* before the secret is checked: one atomic upsert both refuses a locked
 key and counts the attempt, so parallel guesses cannot slip past the limit between a read and a
 write (the Zitadel GHSA-7h8m-vrxx-vr4m class of bug). A correct guess then resets or refunds it.
+
+Where one secret is checked on every payment (the payment password), ``hold`` does it the other
+way round, just as safely: one upsert locks the key's row (creating it at zero) to the end of the
+transaction, so every other attempt on that key waits for this one to commit and then sees its
+count; a wrong guess is counted (``count_failure``) before the refusal commits, and a right one
+writes nothing more unless there were failures to clear. Same limits, one statement fewer for the
+holder who types the right one.
 """
 
 from __future__ import annotations
@@ -50,6 +57,54 @@ _LOCK = (
     )
 )
 _RESET = update(_COUNTERS).where(_KEY).values(failures=0, locked_until=None)
+_COUNT_FAILURE = (
+    update(_COUNTERS)
+    .where(_KEY)
+    .values(
+        failures=bindparam("new_failures"),
+        locked_until=bindparam("new_locked_until", type_=UtcDateTime()),
+        lock_count=bindparam("new_lock_count"),
+    )
+)
+
+
+@functools.cache
+def _hold_statement(dialect: str) -> ReturningInsert[int, datetime | None, int]:
+    """Create the key's row at zero or, if it exists, lock it as it is; return its state."""
+    c = _COUNTERS.c
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_fn(_COUNTERS)
+        .values(
+            key=bindparam("counter_key"),
+            failures=0,
+            window_start=bindparam("at", type_=UtcDateTime()),
+            locked_until=None,
+            lock_count=0,
+        )
+        # Setting a column to itself changes nothing but takes the row lock (ON CONFLICT DO
+        # NOTHING would neither lock nor return the row).
+        .on_conflict_do_update(index_elements=[c.key], set_={"failures": c.failures})
+        .returning(c.failures, c.locked_until, c.lock_count)
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """A key's counter as ``AttemptCounters.hold`` found it, its row locked by this transaction."""
+
+    key: str
+    failures: int
+    locked_until: datetime | None
+    lock_count: int
+    at: datetime
+
+    @property
+    def retry_after_s(self) -> int:
+        """Seconds until the key's lock ends; 0 when it is not locked."""
+        if self.locked_until is None or self.locked_until <= self.at:
+            return 0
+        return math.ceil((self.locked_until - self.at).total_seconds())
 
 
 @functools.cache
@@ -125,6 +180,33 @@ class AttemptCounters:
                 },
             )
         return Reservation(True, failures, 0)
+
+    def hold(self, key: str) -> Held:
+        """Lock ``key``'s counter to the end of the transaction and return it: concurrent
+        attempts on the key wait here until this transaction ends. The caller refuses if
+        ``retry_after_s`` says it is locked, then checks the secret and calls ``count_failure``
+        for a wrong one, ``reset`` for a right one when ``failures`` or a lock are to clear."""
+        now = self.clock.now()
+        statement = _hold_statement(self.db.get_bind().dialect.name)
+        row = core(self.db).execute(statement, {"counter_key": key, "at": now}).one()
+        return Held(key, int(row[0]), row[1], int(row[2]), now)
+
+    def count_failure(self, held: Held, schedule: EscalatingSchedule) -> int:
+        """Count a wrong attempt on a held key, locking it as ``schedule(n, earlier locks)``
+        says; returns the consecutive failures now. One statement: the row is this
+        transaction's, so the values are written as they are, not re-read."""
+        failures = held.failures + 1
+        lock = schedule(failures, held.lock_count)
+        core(self.db).execute(
+            _COUNT_FAILURE,
+            {
+                "counter_key": held.key,
+                "new_failures": failures,
+                "new_locked_until": held.at + lock if lock is not None else held.locked_until,
+                "new_lock_count": held.lock_count + (1 if lock is not None else 0),
+            },
+        )
+        return failures
 
     def reset(self, key: str) -> None:
         core(self.db).execute(_RESET, {"counter_key": key})

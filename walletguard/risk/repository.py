@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, bindparam, func, literal, or_, select
+from sqlalchemy import String, Table, Text, bindparam, func, literal, null, or_, select, union_all
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -75,14 +75,16 @@ _DEVICES_OF_HOLDER = select(
     or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
 )
 
-_AUDIT_EVENTS = (
-    select(_AUDIT.c.event, _AUDIT.c.at, _AUDIT.c.device_id, _AUDIT.c.data)
-    .where(
-        _AUDIT.c.holder_id == bindparam("holder_id"),
-        _AUDIT.c.at >= bindparam("since"),
-        one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
-    )
-    .order_by(_AUDIT.c.seq)
+_AUDIT_EVENTS = select(
+    literal(0).label("source"),
+    _AUDIT.c.event,
+    _AUDIT.c.at,
+    _AUDIT.c.data,
+    null().cast(String).label("payee_key"),
+).where(
+    _AUDIT.c.holder_id == bindparam("holder_id"),
+    _AUDIT.c.at >= bindparam("audit_since"),
+    one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
 )
 
 _HISTORY = (
@@ -113,10 +115,22 @@ _EXPOSURES_SINCE = (
     select(_EXPOSURES.c.received_at, _EXPOSURES.c.payee_key)
     .where(
         _EXPOSURES.c.holder_id == bindparam("holder_id"),
-        _EXPOSURES.c.received_at >= bindparam("since"),
+        _EXPOSURES.c.received_at >= bindparam("exposures_since"),
     )
     .order_by(_EXPOSURES.c.received_at.desc())
     .limit(50)
+    .subquery()
+)
+# Both in one round trip: the audit events and (at most 50 of) the scam exposures.
+_RECENT_EVENTS = union_all(
+    _AUDIT_EVENTS,
+    select(
+        literal(1),
+        null().cast(String),
+        _EXPOSURES_SINCE.c.received_at,
+        null().cast(Text),
+        _EXPOSURES_SINCE.c.payee_key,
+    ),
 )
 
 _INSERT_DECISION = _DECISIONS.insert()
@@ -180,11 +194,31 @@ def devices_of(db: Session, holder_id: uuid.UUID, device_id: uuid.UUID | None) -
     return [DeviceSeen._make(row) for row in rows]
 
 
-def audit_events_since(
-    db: Session, holder_id: uuid.UUID, since: datetime
-) -> Sequence[tuple[str, datetime, uuid.UUID | None, str]]:
-    rows = db.execute(_AUDIT_EVENTS, {"holder_id": holder_id, "since": since})
-    return [(row[0], row[1], row[2], row[3]) for row in rows]
+class RecentEvents(NamedTuple):
+    # (event, at, data) of the holder's audit events named in AUDIT_STEPS, in no order.
+    audit: list[tuple[str, datetime, str]]
+    # (received_at, payee_key) of the latest 50 scam messages that reached the holder, in no order.
+    exposures: list[tuple[datetime, str | None]]
+
+
+def recent_events(
+    db: Session, holder_id: uuid.UUID, *, audit_since: datetime, exposures_since: datetime
+) -> RecentEvents:
+    """The holder's security events since ``audit_since`` and scam exposures since
+    ``exposures_since``: one statement. Through the session, not the connection: a read of the
+    audit log chains the entries this transaction recorded first, so they are among them."""
+    params = {
+        "holder_id": holder_id,
+        "audit_since": audit_since,
+        "exposures_since": exposures_since,
+    }
+    found = RecentEvents([], [])
+    for source, event, at, data, payee_key in db.execute(_RECENT_EVENTS, params):
+        if source == 0:
+            found.audit.append((event, at, data))
+        else:
+            found.exposures.append((at, payee_key))
+    return found
 
 
 class Past(NamedTuple):
@@ -249,13 +283,6 @@ def decisions_since(db: Session, holder_id: uuid.UUID, since: datetime) -> Seque
 def payee(db: Session, holder_id: uuid.UUID, payee_key: str) -> RiskPayee | None:
     """The payee's row as an ORM object, for the holder's own changes (vouching for it)."""
     return db.get(RiskPayee, (holder_id, payee_key))
-
-
-def last_scam_exposure(
-    db: Session, holder_id: uuid.UUID, since: datetime
-) -> Sequence[tuple[datetime, str | None]]:
-    rows = core(db).execute(_EXPOSURES_SINCE, {"holder_id": holder_id, "since": since})
-    return [(row[0], row[1]) for row in rows]
 
 
 def spread(

@@ -211,9 +211,10 @@ class SignalReader:
         # -- recent security events ----------------------------------------------------------
         latest: dict[str, datetime] = {}
         timeline: list[tuple[datetime, frozenset[str]]] = []
-        for name, at, _device, data in repository.audit_events_since(
-            db, event.holder_id, now - lookback
-        ):
+        events = repository.recent_events(
+            db, event.holder_id, audit_since=now - lookback, exposures_since=now - DAY
+        )
+        for name, at, data in events.audit:
             step = repository.AUDIT_STEPS[name]
             tags = {step}
             if name == "login.succeeded" and '"new_device":true' in data:
@@ -270,8 +271,8 @@ class SignalReader:
         )
 
         # -- scam exposure -----------------------------------------------------------------
-        exposures = repository.last_scam_exposure(db, event.holder_id, now - DAY)
-        s["scam_message_h"] = _hours(now, exposures[0][0]) if exposures else NEVER_H
+        exposures = events.exposures
+        s["scam_message_h"] = _hours(now, max(at for at, _ in exposures)) if exposures else NEVER_H
         s["scam_names_payee"] = bool(payee_key) and any(k == payee_key for _, k in exposures)
         for at, _ in exposures:
             timeline.append((at, frozenset({"scam_message"})))

@@ -369,6 +369,8 @@ class WalletService:
         self.limits = Limits(db, env)
         self.bank = bank_gateway(db, env)
         self.counters = AttemptCounters(db, env.clock)
+        # Holders whose wallet state this transaction has locked (and found open).
+        self._locked_wallets: set[uuid.UUID] = set()
 
     # -- device trust ----------------------------------------------------------------------
 
@@ -540,24 +542,27 @@ class WalletService:
             raise CardNotUsable(card)
         return card
 
-    def _refuse_if_closed(self, holder_id: uuid.UUID) -> None:
-        state = repository.kill_switch(self.db, holder_id, lock=False)
-        if state is not None and is_closed(state, self.clock.now()):
-            raise TransactionsClosed(state)
-
-    def _judge_movement(
-        self, principal: Principal, kind: str, amount_fen: int, debited_card: Card | None
-    ) -> repository.MovementFacts:
-        """Step 5 of a new movement: lock the holder's wallet state, refuse if it is closed,
-        void expired holds, check the limits. Returns what was read under the lock (the
-        holder's available balance among it)."""
-        holder_id = principal.holder_id
+    def _lock_open_wallet(self, holder_id: uuid.UUID) -> None:
+        """Lock the holder's wallet state (created if it does not exist yet) to the end of the
+        transaction, and refuse if its transaction functions are closed."""
         now = self.clock.now()
         state: repository.KillSwitch | None = repository.kill_switch(self.db, holder_id, lock=True)
         if state is None:
             state = repository.lock_wallet_state(self.db, holder_id, now)
         if is_closed(state, now):
             raise TransactionsClosed(state)
+        self._locked_wallets.add(holder_id)
+
+    def _judge_movement(
+        self, principal: Principal, kind: str, amount_fen: int, debited_card: Card | None
+    ) -> repository.MovementFacts:
+        """Step 5 of a new movement: under the wallet-state lock ``_authorise`` took (taken
+        here if it did not), void expired holds and check the limits. Returns what was read
+        under the lock (the holder's available balance among it)."""
+        holder_id = principal.holder_id
+        if holder_id not in self._locked_wallets:
+            self._lock_open_wallet(holder_id)
+        now = self.clock.now()
 
         def read() -> repository.MovementFacts:
             return repository.movement_facts(
@@ -590,7 +595,12 @@ class WalletService:
         return state
 
     def _authorise(self, principal: Principal, payment_password: str) -> None:
-        self._refuse_if_closed(principal.holder_id)
+        """Steps 1-2 of a new movement: lock the wallet state and refuse a closed wallet before
+        the payment password is looked at (a closed wallet is no oracle for guessing it), then
+        verify the payment password. The lock is the one the movement is then judged and
+        posted under: one read of the kill switch, and nothing can close the wallet between
+        this check and the posting."""
+        self._lock_open_wallet(principal.holder_id)
         IdentityService(self.db, self.env).verify_payment_password(principal, payment_password)
 
     def _new_movement(
