@@ -2,6 +2,11 @@
 (FastAPI, pydantic, SQLAlchemy 2 sync session, psycopg 3, uvicorn), committed per request.
 
     WALLETGUARD_DATABASE_URL=postgresql+psycopg://… uvicorn bench.bare_app:app --workers 2
+
+``POST /bare/statements`` is the same INSERT after ``reads`` primary-key SELECTs in the same
+transaction (Core statements on the session's connection, as walletguard's hot path sends
+them): what a number of statements costs on this stack with no other work, for
+``bench/statement_floor.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
-from pydantic import BaseModel
-from sqlalchemy import DateTime, String, create_engine, text
+from pydantic import BaseModel, Field
+from sqlalchemy import DateTime, String, bindparam, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -56,6 +61,23 @@ def bare_payment(
     db.add(row)
     db.flush()
     return {"id": str(row.id)}
+
+
+class StatementsIn(PayIn):
+    reads: int = Field(ge=0, le=100)
+
+
+_READ = select(BareRow.payee, BareRow.amount_fen).where(BareRow.id == bindparam("row_id"))
+
+
+@app.post("/bare/statements", status_code=201)
+def bare_statements(
+    body: StatementsIn, db: Annotated[Session, Depends(session, scope="function")]
+) -> dict[str, str]:
+    connection = db.connection()
+    for _ in range(body.reads):
+        connection.execute(_READ, {"row_id": uuid.uuid4()}).first()
+    return bare_payment(body, db)
 
 
 def create_table() -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from tests.conftest import assert_problem
 from tests.wallet_support import (
@@ -27,7 +29,16 @@ from tests.wallet_support import (
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.db import unit_of_work
-from walletguard.wallet.ledger import reconcile
+from walletguard.wallet.ledger import (
+    HOLDER,
+    MERCHANT,
+    InsufficientBalance,
+    Ledger,
+    holder_code,
+    merchant_code,
+    reconcile,
+)
+from walletguard.wallet.models import LedgerAccount, LedgerTransaction, Posting
 
 PHONE = "+8613812345678"
 FRIEND = "+8613912345678"
@@ -377,3 +388,47 @@ def test_an_unknown_card_is_not_found_and_writes_nothing(
     ):
         assert_problem(money_post(client, path, body, holder), 404, "not-found")
     assert table_counts(container, *MONEY_TABLES) == before
+
+
+def test_a_refused_posting_changes_no_row_even_in_a_transaction_that_goes_on(
+    client: TestClient, container: Container
+) -> None:
+    """The ledger's own check, below the service's: posting more than the balance changes
+    neither account, and no movement or posting is left, before any rollback (both the
+    PostgreSQL one-statement posting and the statements SQLite runs)."""
+    holder, _, _ = funded_holder(client, container, PHONE, top_up="10.00")
+    holder_id = uuid.UUID(holder.holder_id)
+    payer, shop = holder_code(holder_id), merchant_code("便利店")
+    with unit_of_work(container.sessions) as db:
+        ledger = Ledger(db, container.clock)
+        ids = ledger.locked_accounts({payer: (HOLDER, holder_id), shop: (MERCHANT, None)})
+        balances = select(LedgerAccount.id, LedgerAccount.balance_fen, LedgerAccount.pending_fen)
+        before = set(db.execute(balances).all())
+        movements = db.scalar(select(func.count()).select_from(LedgerTransaction))
+        postings = db.scalar(select(func.count()).select_from(Posting))
+        now = container.clock.now()
+        txn = LedgerTransaction(
+            id=uuid.uuid4(),
+            kind="payment",
+            status="pending",
+            holder_id=holder_id,
+            amount_fen=1_001,
+            refunded_fen=0,
+            source="balance",
+            payee="便利店",
+            risk_decision="allow",
+            from_account_id=ids[payer],
+            to_account_id=ids[shop],
+            created_at=now,
+        )
+        with pytest.raises(InsufficientBalance):
+            ledger.post_new(txn, locked=True)
+        db.expire_all()
+        assert set(db.execute(balances).all()) == before
+        assert db.scalar(select(func.count()).select_from(LedgerTransaction)) == movements
+        assert db.scalar(select(func.count()).select_from(Posting)) == postings
+        # The same ledger posts what is there, in the same transaction.
+        txn.id, txn.amount_fen = uuid.uuid4(), 1_000
+        ledger.post_new(txn, locked=True)
+    assert wallet(client, holder)["balance"] == "0.00"
+    _ledger_ok(container)

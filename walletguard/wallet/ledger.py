@@ -31,17 +31,19 @@ from sqlalchemy import (
     Uuid,
     bindparam,
     case,
+    exists,
     func,
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import core, is_postgres
+from walletguard.kit.db import UtcDateTime, core, is_postgres
 from walletguard.kit.errors import Conflict
 from walletguard.kit.money import format_yuan
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction, Posting
@@ -124,22 +126,27 @@ _INSERT_POSTINGS = insert(_POSTINGS)
 
 def _legs_statement(*, from_hold: bool) -> Update:
     """Debit ``x`` from ``debit_id`` and credit it to ``credit_id`` in one conditional UPDATE;
-    from a hold, the hold becomes the debit."""
+    from a hold, the hold becomes the debit. The debit's check is asked of the debited row for
+    both rows, so the statement changes both or neither: a refusal leaves nothing to undo,
+    even for a caller that goes on in the same transaction."""
     a = _ACCOUNTS.c
+    debited = _ACCOUNTS.alias("debited").c
     debit_id = bindparam("debit_id", type_=Uuid())
     x = bindparam("x", type_=BigInteger())
     is_debit = a.id == debit_id
     if from_hold:
-        debit_allowed: ColumnElement[bool] = a.pending_fen >= x
+        debit_allowed: ColumnElement[bool] = debited.pending_fen >= x
         pending: ColumnElement[int] = case((is_debit, a.pending_fen - x), else_=a.pending_fen)
     else:
-        debit_allowed = or_(a.allow_negative.is_(True), a.balance_fen - a.pending_fen >= x)
+        debit_allowed = or_(
+            debited.allow_negative.is_(True), debited.balance_fen - debited.pending_fen >= x
+        )
         pending = a.pending_fen
     return (
         update(_ACCOUNTS)
         .where(
             a.id.in_([debit_id, bindparam("credit_id", type_=Uuid())]),
-            or_(a.id != debit_id, debit_allowed),
+            exists().where(debited.id == debit_id, debit_allowed),
         )
         .values(balance_fen=a.balance_fen + case((is_debit, -x), else_=x), pending_fen=pending)
     )
@@ -147,6 +154,41 @@ def _legs_statement(*, from_hold: bool) -> Update:
 
 _LEGS = _legs_statement(from_hold=False)
 _LEGS_FROM_HOLD = _legs_statement(from_hold=True)
+
+
+def _post_new_statement() -> Select[int]:
+    """PostgreSQL: a new movement posted in one round trip. The legs' conditional UPDATE
+    (``_LEGS``) comes first; the movement (``txn_<column>`` parameters) and its two postings
+    are inserted only if it changed both rows, and the statement returns how many it changed:
+    2, or 0 when the money is not there (then nothing at all was written). The postings'
+    foreign key to the new movement is checked when the whole statement is done, so it finds
+    it."""
+    legs = _LEGS.returning(_ACCOUNTS.c.id).cte("legs")
+    legs_moved = select(func.count()).select_from(legs).scalar_subquery()
+    movement = select(*(bindparam(f"txn_{c.key}", type_=c.type) for c in _TXNS.columns)).where(
+        legs_moved == 2
+    )
+    moved = (
+        insert(_TXNS)
+        .from_select([c.key for c in _TXNS.columns], movement)
+        .returning(_TXNS.c.id)
+        .cte("moved")
+    )
+    x = bindparam("x", type_=BigInteger())
+    now = bindparam("now", type_=UtcDateTime())
+    legs_posted = union_all(
+        select(moved.c.id, bindparam("debit_id", type_=Uuid()), -x, now),
+        select(moved.c.id, bindparam("credit_id", type_=Uuid()), x, now),
+    )
+    posted = (
+        insert(_POSTINGS)
+        .from_select(["transaction_id", "account_id", "amount_fen", "created_at"], legs_posted)
+        .cte("posted")
+    )
+    return select(legs_moved).add_cte(moved, posted)
+
+
+_POST_NEW_POSTGRESQL = _post_new_statement()
 
 
 class Ledger:
@@ -256,28 +298,38 @@ class Ledger:
         txn.hold_account_id = txn.from_account_id
         self.db.flush()
 
-    def _apply_legs(
-        self, txn: LedgerTransaction, now: datetime, *, as_objects: bool = True
-    ) -> None:
-        x = txn.amount_fen
-        debit_id, credit_id = txn.from_account_id, txn.to_account_id
-        # Both legs in one conditional UPDATE: the debit's own check is in its WHERE, so the
-        # statement changes two rows or the money is not there. The rows are already locked
-        # (lock()), in id order, so this statement cannot deadlock on them.
+    def _move_legs(self, txn: LedgerTransaction) -> None:
+        """Both legs' balances in one conditional UPDATE, which changes both rows or neither
+        (``_legs_statement``); InsufficientBalance when the money is not there. The rows are
+        already locked (lock()), in id order, so this statement cannot deadlock on them."""
         legs = core(self.db).execute(
-            _LEGS_FROM_HOLD if txn.hold_account_id == debit_id else _LEGS,
-            {"debit_id": debit_id, "credit_id": credit_id, "x": x},
+            _LEGS_FROM_HOLD if txn.hold_account_id == txn.from_account_id else _LEGS,
+            {"debit_id": txn.from_account_id, "credit_id": txn.to_account_id, "x": txn.amount_fen},
         )
         if _rowcount(legs) != 2:
             raise InsufficientBalance()
-        postings = [
-            {"transaction_id": txn.id, "account_id": debit_id, "amount_fen": -x, "created_at": now},
-            {"transaction_id": txn.id, "account_id": credit_id, "amount_fen": x, "created_at": now},
+
+    @staticmethod
+    def _postings(txn: LedgerTransaction, now: datetime) -> list[dict[str, object]]:
+        x, at = txn.amount_fen, now
+        return [
+            {
+                "transaction_id": txn.id,
+                "account_id": txn.from_account_id,
+                "amount_fen": -x,
+                "created_at": at,
+            },
+            {
+                "transaction_id": txn.id,
+                "account_id": txn.to_account_id,
+                "amount_fen": x,
+                "created_at": at,
+            },
         ]
-        if as_objects:
-            self.db.add_all([Posting(**posting) for posting in postings])
-        else:
-            core(self.db).execute(_INSERT_POSTINGS, postings)
+
+    def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
+        self._move_legs(txn)
+        self.db.add_all([Posting(**posting) for posting in self._postings(txn, now)])
 
     def record_pending(self, txn: LedgerTransaction) -> LedgerTransaction:
         txn.status = PENDING
@@ -294,16 +346,34 @@ class Ledger:
         txn.status = POSTED
         txn.posted_at = now
         if locked:
-            # The hot path (payments and transfers from the balance): Core inserts of the
-            # movement and its postings, no unit-of-work bookkeeping; ``txn`` stays out of the
-            # session, as written.
+            # The hot path (payments and transfers from the balance): Core statements for the
+            # movement, its legs and its postings, no unit-of-work bookkeeping; ``txn`` stays
+            # out of the session, as written. On PostgreSQL all three in one statement.
             self.db.flush()
-            core(self.db).execute(_INSERT_TXN, {c.key: getattr(txn, c.key) for c in _TXNS.columns})
-            self._apply_legs(txn, now, as_objects=False)
+            columns = {c.key: getattr(txn, c.key) for c in _TXNS.columns}
+            if not is_postgres(self.db):
+                # The legs first: refused, they leave nothing written.
+                self._move_legs(txn)
+                core(self.db).execute(_INSERT_TXN, columns)
+                core(self.db).execute(_INSERT_POSTINGS, self._postings(txn, now))
+                return txn
+            params = {f"txn_{key}": value for key, value in columns.items()}
+            params.update(
+                debit_id=txn.from_account_id,
+                credit_id=txn.to_account_id,
+                x=txn.amount_fen,
+                now=now,
+            )
+            if core(self.db).execute(_POST_NEW_POSTGRESQL, params).scalar_one() != 2:
+                raise InsufficientBalance()
             return txn
+        # The legs first (a Core statement: what is pending is flushed before it), so that a
+        # refusal leaves nothing written.
+        self.db.flush()
+        self._move_legs(txn)
         self.db.add(txn)
         self.db.flush()
-        self._apply_legs(txn, now)
+        self.db.add_all([Posting(**posting) for posting in self._postings(txn, now)])
         self.db.flush()
         return txn
 
