@@ -26,7 +26,11 @@ preparation cheaper; it does not change what a payment costs any more.
 
 Last, each endpoint is sent ``--alone`` requests one at a time and the server's CPU per
 request is printed for them too (no other request in the way), with the number of statements
-one payment sends (traced in process on a fresh database by ``bench/payment_statements.py``).
+one payment sends (traced in process on a fresh database by ``bench/payment_statements.py``);
+and the bare endpoint is run closed-loop once more with that many statements (``POST
+/bare/statements``: its INSERT after as many trivial primary-key SELECTs, nothing else), whose
+share of the bare figure is the most a payment sending that many statements could reach on this
+stack even if all its other work were free (``bench/statement_floor.py`` draws that curve).
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
@@ -419,6 +423,25 @@ def bare_requests(count: int, merchants: int) -> list[str]:
     ]
 
 
+def statement_requests(statements: int, count: int, merchants: int) -> list[str]:
+    """``bench/bare_app.py``'s bare INSERT after ``statements - 1`` primary-key SELECTs."""
+    return [
+        json.dumps(
+            {
+                "method": "POST",
+                "path": "/bare/statements",
+                "json": {
+                    "payee": f"便利店{i % merchants:02d}",
+                    "amount": PAYMENT_AMOUNT,
+                    "reads": statements - 1,
+                },
+            },
+            ensure_ascii=False,
+        )
+        for i in range(count)
+    ]
+
+
 @dataclass
 class LoadResult:
     requests: int
@@ -715,6 +738,20 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         _progress("bare endpoint: one at a time")
         bare_alone = one_at_a_time(children, target, bare_lines, workdir, count=args.alone)
 
+        def floor_lines(count: int) -> list[str]:
+            return statement_requests(statements, count, args.merchants)
+
+        _progress(f"bare endpoint with as many statements as a payment ({statements}): closed loop")
+        _, floor_closed = closed_loop(
+            children,
+            target,
+            floor_lines,
+            workdir,
+            seconds=args.seconds,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+        )
+
     busy_after = machine_busy_share()
     print(
         f"CPU busy with other work, sampled before and after the runs: {busy_before:.0%}, "
@@ -741,6 +778,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             f"ratio {bare_ms / pay_ms:6.1%}"
         )
     print(f"statements of one payment      : {statements} (bare: 1)")
+    print(
+        f"bare + {statements - 1} trivial SELECTs        : {floor_closed.rps:.1f} req/s, "
+        f"{floor_closed.rps / bare_closed.rps:6.1%} of bare: the most a payment of "
+        f"{statements} statements could reach here"
+    )
     print(f"payments posted in the ledger  : {posted} ({answered} answered 2xx, warm-up included)")
     verdict = "reconciles" if ledger.returncode == 0 else "DOES NOT reconcile"
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")

@@ -16,7 +16,6 @@ judged against. Noise as in the payment benchmark: compare runs by their ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,31 +29,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_payments import (  # noqa: E402
     DEFAULT_ADMIN_URL,
-    PAYMENT_AMOUNT,
     Children,
     closed_loop,
     fresh_database,
     machine_busy_share,
     server,
+    statement_requests,
 )
-
-
-def statement_lines(statements: int, count: int, merchants: int = 16) -> list[str]:
-    return [
-        json.dumps(
-            {
-                "method": "POST",
-                "path": "/bare/statements",
-                "json": {
-                    "payee": f"便利店{i % merchants:02d}",
-                    "amount": PAYMENT_AMOUNT,
-                    "reads": statements - 1,
-                },
-            },
-            ensure_ascii=False,
-        )
-        for i in range(count)
-    ]
 
 
 def main() -> None:
@@ -92,7 +73,7 @@ def main() -> None:
                     _, result = closed_loop(
                         children,
                         target,
-                        lambda count, n=n: statement_lines(n, count),  # type: ignore[misc]
+                        lambda count, n=n: statement_requests(n, count, 16),
                         Path(folder),
                         seconds=args.seconds,
                         concurrency=args.concurrency,

@@ -25,6 +25,7 @@ what it needs: the ``Recipient``, the movement's facts).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -35,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Table, Uuid, bindparam, func, insert, select
+from sqlalchemy import Insert, Table, Uuid, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -344,6 +345,26 @@ _ALERTS = cast(Table, Alert.__table__)
 _DELIVERIES = cast(Table, AlertDelivery.__table__)
 _INSERT_ALERT = insert(_ALERTS)
 _INSERT_DELIVERIES = insert(_DELIVERIES)
+# What raise_alert writes of an outbox row (the id is the table's own).
+_DELIVERY_COLUMNS = tuple(c for c in _DELIVERIES.columns if not c.primary_key)
+
+
+@functools.cache
+def _alert_and_deliveries(count: int) -> Insert:
+    """PostgreSQL: the alert (``alert_<column>`` parameters) and its ``count`` outbox rows
+    (``<column>_<i>``) in one statement, built once for each count of channels; the outbox
+    rows' foreign key to the alert is checked when the whole statement is done."""
+    alert = (
+        insert(_ALERTS)
+        .values({c.key: bindparam(f"alert_{c.key}", type_=c.type) for c in _ALERTS.columns})
+        .cte("alert")
+    )
+    rows = [
+        {c.key: bindparam(f"{c.key}_{i}", type_=c.type) for c in _DELIVERY_COLUMNS}
+        for i in range(count)
+    ]
+    return insert(_DELIVERIES).values(rows).add_cte(alert)
+
 
 # Built once; columns, not entities (every alert reads them).
 _CHANNEL_SETTINGS = select(
@@ -476,8 +497,15 @@ def raise_alert(
     # not in the session (it is what was written). What the caller has pending goes first
     # (the holder an alert is for may be new in this transaction).
     db.flush()
-    core(db).execute(_INSERT_ALERT, row)
-    core(db).execute(_INSERT_DELIVERIES, deliveries)
+    if deliveries and is_postgres(db):
+        params = {f"alert_{key}": value for key, value in row.items()}
+        for i, delivery in enumerate(deliveries):
+            params.update({f"{key}_{i}": value for key, value in delivery.items()})
+        core(db).execute(_alert_and_deliveries(len(deliveries)), params)
+    else:
+        core(db).execute(_INSERT_ALERT, row)
+        if deliveries:
+            core(db).execute(_INSERT_DELIVERIES, deliveries)
     return Alert(**row)
 
 

@@ -150,6 +150,12 @@ def _upsert_payee(dialect: str) -> Any:
 
 
 _UPSERT_PAYEE = {dialect: _upsert_payee(dialect) for dialect in ("postgresql", "sqlite")}
+# PostgreSQL: the decision (``decision_<column>`` parameters) and the payee's count, one statement.
+_DECIDE_AND_COUNT_POSTGRESQL = _UPSERT_PAYEE["postgresql"].add_cte(
+    _DECISIONS.insert()
+    .values({c.key: bindparam(f"decision_{c.key}", type_=c.type) for c in _DECISIONS.columns})
+    .cte("decided")
+)
 
 
 class PayeeStats(NamedTuple):
@@ -248,26 +254,37 @@ def history(
     return [Past._make(row) for row in rows]
 
 
-def count_payment(
-    db: Session, holder_id: uuid.UUID, payee_key: str, amount_fen: int, at: datetime
-) -> None:
-    """One more allowed payment to this payee (one upsert; the first one creates the row)."""
-    core(db).execute(
-        _UPSERT_PAYEE[db.get_bind().dialect.name],
-        {
-            "holder_id": holder_id,
-            "payee_key": payee_key,
-            "payments": 1,
-            "total_fen": amount_fen,
-            "first_at": at,
-            "last_at": at,
-            "trusted_at": None,
-        },
-    )
+class PaidPayee(NamedTuple):
+    """An allowed payment or transfer, counted on the holder's row for its payee."""
+
+    payee_key: str
+    amount_fen: int
+    at: datetime
 
 
-def store_decision(db: Session, values: dict[str, Any]) -> None:
+def store_decision(db: Session, values: dict[str, Any], *, paid: PaidPayee | None = None) -> None:
+    """Insert the decision (``values``: its columns) and, for an allowed payment, count it on
+    the payee's row (an upsert; the first payment creates the row). On PostgreSQL both in one
+    statement."""
+    if paid is None:
+        core(db).execute(_INSERT_DECISION, values)
+        return
+    payee = {
+        "holder_id": values["holder_id"],
+        "payee_key": paid.payee_key,
+        "payments": 1,
+        "total_fen": paid.amount_fen,
+        "first_at": paid.at,
+        "last_at": paid.at,
+        "trusted_at": None,
+    }
+    dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
+        decision = {f"decision_{key}": value for key, value in values.items()}
+        core(db).execute(_DECIDE_AND_COUNT_POSTGRESQL, {**payee, **decision})
+        return
     core(db).execute(_INSERT_DECISION, values)
+    core(db).execute(_UPSERT_PAYEE[dialect], payee)
 
 
 def decisions_since(db: Session, holder_id: uuid.UUID, since: datetime) -> Sequence[RiskDecision]:

@@ -245,6 +245,10 @@ class RiskService:
         elif outcome == "block":
             review = "pending"
         decision_id = uuid.uuid4()
+        counted = event.kind == "movement" and outcome == "allow"
+        paid = None
+        if counted and facts.payee_key and event.action in ("payment", "transfer"):
+            paid = repository.PaidPayee(facts.payee_key, event.amount_fen, now)
         repository.store_decision(
             self.db,
             {
@@ -281,9 +285,10 @@ class RiskService:
                 "reviewed_by": None,
                 "approval_used_at": None,
             },
+            paid=paid,
         )
-        if event.kind == "movement" and outcome == "allow":
-            self._count(event, facts, now)
+        if counted:
+            self._record_velocity(event, facts, now)
         decision = Decision(
             id=decision_id,
             outcome=outcome,
@@ -324,7 +329,7 @@ class RiskService:
             },
         )
 
-    def _count(self, event: RiskEvent, facts: Facts, now: datetime) -> None:
+    def _record_velocity(self, event: RiskEvent, facts: Facts, now: datetime) -> None:
         keys = [f"holder:{event.holder_id}"]
         if event.card_id:
             keys.append(f"card:{event.card_id}")
@@ -333,10 +338,6 @@ class RiskService:
         if facts.ip_key:
             keys.append(f"ip:{facts.ip_key}")
         self.velocity.record(keys, now, event.amount_fen)
-        if facts.payee_key and event.action in ("payment", "transfer"):
-            repository.count_payment(
-                self.db, event.holder_id, facts.payee_key, event.amount_fen, now
-            )
 
     def enforce(
         self,
