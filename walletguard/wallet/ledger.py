@@ -311,20 +311,18 @@ class Ledger:
 
     @staticmethod
     def _postings(txn: LedgerTransaction, now: datetime) -> list[dict[str, object]]:
-        x, at = txn.amount_fen, now
+        """The movement's two postings: its amount out of one account and into the other."""
         return [
             {
                 "transaction_id": txn.id,
-                "account_id": txn.from_account_id,
-                "amount_fen": -x,
-                "created_at": at,
-            },
-            {
-                "transaction_id": txn.id,
-                "account_id": txn.to_account_id,
-                "amount_fen": x,
-                "created_at": at,
-            },
+                "account_id": account,
+                "amount_fen": amount,
+                "created_at": now,
+            }
+            for account, amount in (
+                (txn.from_account_id, -txn.amount_fen),
+                (txn.to_account_id, txn.amount_fen),
+            )
         ]
 
     def _apply_legs(self, txn: LedgerTransaction, now: datetime) -> None:
