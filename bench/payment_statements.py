@@ -7,8 +7,9 @@ Without ``--database-url`` a fresh PostgreSQL database is created next to
 temporary SQLite file. A holder is prepared through the API in process (TestClient), pays twice
 to warm every cache and lazily created row, and the third payment is traced: every statement
 the session sends (savepoints included), the module and line of walletguard that sent it, and
-the total. Counting statements is what this is for; the time of a payment under load is
-measured by ``bench/bench_payments.py``.
+the total. A statement SQLAlchemy compiled afresh instead of taking from its cache is flagged
+(on the third payment every statement should come from the cache). Counting statements is what
+this is for; the time of a payment under load is measured by ``bench/bench_payments.py``.
 
 ``--cpu N`` then times N more payments one at a time, each beside a ``GET /healthz`` on the
 same client, and prints the median CPU of this process for each (the app's threads and the test
@@ -122,10 +123,15 @@ def trace(container: Any, pay: _Payer, *, verbose: bool) -> None:
     seen = statements_of_one_payment(container, pay)
     sql = [s for s in seen if s[0] not in ("BEGIN", "COMMIT")]
     print(f"{container.engine.dialect.name}: {len(sql)} statements in one POST /api/v1/payments")
-    for number, (statement, origin) in enumerate(seen, start=1):
+    for number, (statement, origin, cache) in enumerate(seen, start=1):
         first = " ".join(statement.split())
         shown = first if verbose else first[:90]
         print(f"{number:3d}  {origin:<60} {shown}")
+        if cache and not cache.startswith("cached"):
+            # SQLAlchemy compiled it for this execution: a statement it cannot cache (a
+            # multi-row VALUES list, say) is compiled again every time, which costs more CPU
+            # than the round trip.
+            print(f"     ^ NOT FROM SQLALCHEMY'S CACHE: {cache}")
 
 
 def count_payment_statements(admin_url: str) -> int:
@@ -154,20 +160,23 @@ def _settings(url: str, data: Path) -> Settings:
     )
 
 
-def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, str]]:
-    """(statement, origin) of the third payment of a holder prepared through the API."""
+def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, str, str]]:
+    """(statement, origin, SQLAlchemy's cache status) of the third payment of a holder prepared
+    through the API."""
     pay()
     pay()
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str]] = []
 
-    def before(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        seen.append((statement, _origin()))
+    def before(conn: Any, cursor: Any, statement: str, _params: Any, context: Any, *_: Any) -> None:
+        # "cached since …" or "generated in …" (what SQLAlchemy's own echo log prints).
+        cache = str(context._get_cache_stats()) if hasattr(context, "_get_cache_stats") else ""
+        seen.append((statement, _origin(), cache))
 
     def on_begin(conn: Any) -> None:
-        seen.append(("BEGIN", _origin()))
+        seen.append(("BEGIN", _origin(), ""))
 
     def on_commit(conn: Any) -> None:
-        seen.append(("COMMIT", _origin()))
+        seen.append(("COMMIT", _origin(), ""))
 
     engine = container.engine
     listeners = [

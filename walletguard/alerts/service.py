@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Insert, Table, Uuid, bindparam, func, insert, select
+from sqlalchemy import Insert, Table, Uuid, bindparam, func, insert, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -359,11 +359,17 @@ def _alert_and_deliveries(count: int) -> Insert:
         .values({c.key: bindparam(f"alert_{c.key}", type_=c.type) for c in _ALERTS.columns})
         .cte("alert")
     )
+    # Rows as SELECTs of parameters joined by UNION ALL: a multi-row VALUES list would make
+    # SQLAlchemy compile the statement again on every execution (it is not cached).
     rows = [
-        {c.key: bindparam(f"{c.key}_{i}", type_=c.type) for c in _DELIVERY_COLUMNS}
+        select(*(bindparam(f"{c.key}_{i}", type_=c.type) for c in _DELIVERY_COLUMNS))
         for i in range(count)
     ]
-    return insert(_DELIVERIES).values(rows).add_cte(alert)
+    return (
+        insert(_DELIVERIES)
+        .from_select([c.key for c in _DELIVERY_COLUMNS], union_all(*rows) if count > 1 else rows[0])
+        .add_cte(alert)
+    )
 
 
 # Built once; columns, not entities (every alert reads them).
