@@ -149,15 +149,6 @@ class AttemptCounters:
         ``schedule(n)`` gives the lock to apply after the n-th consecutive counted attempt (None
         for no lock). With ``window``, counts older than the window start again from one.
         """
-        return self.reserve_escalating(
-            key, lambda failures, _locks: schedule(failures), window=window
-        )
-
-    def reserve_escalating(
-        self, key: str, schedule: EscalatingSchedule, *, window: timedelta | None = None
-    ) -> Reservation:
-        """``reserve`` whose ``schedule(n, locks)`` also gets the number of earlier locks, read
-        in the same statement that counts the attempt."""
         now = self.clock.now()
         params: dict[str, object] = {"counter_key": key, "at": now}
         if window is not None:
@@ -169,7 +160,7 @@ class AttemptCounters:
             wait = (locked_until - now).total_seconds() if locked_until else 1
             return Reservation(False, -1, math.ceil(wait))
         failures, lock_count = int(row[0]), int(row[1])
-        lock = schedule(failures, lock_count)
+        lock = schedule(failures)
         if lock is not None:
             self.db.execute(
                 _LOCK,

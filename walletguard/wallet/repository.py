@@ -311,22 +311,24 @@ class KillSwitch(Protocol):
     def reopens_at(self) -> datetime | None: ...
 
 
-def kill_switch(db: Session, holder_id: uuid.UUID, *, lock: bool) -> KillSwitch | None:
-    """The holder's kill switch, read alone (``lock``: and the wallet state locked, like
+def kill_switch(db: Session, holder_id: uuid.UUID) -> KillSwitch | None:
+    """The holder's kill switch, read alone with the wallet state locked (like
     ``lock_wallet_state``); None when the holder has no wallet state yet."""
-    statement = _LOCK_KILL_SWITCH if lock else _KILL_SWITCH
     # Flushed first, as an ORM statement would be: the request's own session-row touch is
     # written, and locked, before the wallet state (see incidents); then read on the connection.
     db.flush()
-    row: KillSwitch | None = core(db).execute(statement, {"state_holder": holder_id}).first()
+    row: KillSwitch | None = (
+        core(db).execute(_LOCK_KILL_SWITCH, {"state_holder": holder_id}).first()
+    )
     return row
 
 
-# Columns, not the entity: read before every movement.
-_KILL_SWITCH = select(WalletState.closed_at, WalletState.reopens_at).where(
-    WalletState.holder_id == bindparam("state_holder", type_=Uuid())
+# Columns, not the entity: read, and the row locked, before every movement.
+_LOCK_KILL_SWITCH = (
+    select(WalletState.closed_at, WalletState.reopens_at)
+    .where(WalletState.holder_id == bindparam("state_holder", type_=Uuid()))
+    .with_for_update(key_share=True)
 )
-_LOCK_KILL_SWITCH = _KILL_SWITCH.with_for_update(key_share=True)
 
 
 # -- idempotency -----------------------------------------------------------------------------

@@ -546,7 +546,7 @@ class WalletService:
         """Lock the holder's wallet state (created if it does not exist yet) to the end of the
         transaction, and refuse if its transaction functions are closed."""
         now = self.clock.now()
-        state: repository.KillSwitch | None = repository.kill_switch(self.db, holder_id, lock=True)
+        state: repository.KillSwitch | None = repository.kill_switch(self.db, holder_id)
         if state is None:
             state = repository.lock_wallet_state(self.db, holder_id, now)
         if is_closed(state, now):
