@@ -447,6 +447,18 @@ def statement_requests(statements: int, count: int, merchants: int) -> list[str]
     ]
 
 
+def bare_app_env(database_url: str) -> dict[str, str]:
+    """The environment ``bench/bare_app.py`` runs in, its table created (and emptied) first."""
+    env = {**os.environ, "WALLETGUARD_DATABASE_URL": database_url}
+    subprocess.run(
+        [sys.executable, "-c", "from bench.bare_app import create_table; create_table()"],
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
+    return env
+
+
 @dataclass
 class LoadResult:
     requests: int
@@ -720,13 +732,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     container.close()
     answered = sum(r.requests - r.errors for r in (pay_warmup, pay_closed, pay_open, pay_alone))
 
-    bare_env = {**os.environ, "WALLETGUARD_DATABASE_URL": database_url}
-    subprocess.run(
-        [sys.executable, "-c", "from bench.bare_app import create_table; create_table()"],
-        env=bare_env,
-        cwd=REPO,
-        check=True,
-    )
+    bare_env = bare_app_env(database_url)
     with server(children, ["bench.bare_app:app"], bare_env, args.workers) as target:
 
         def bare_lines(count: int) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from bench.bench_payments import (  # noqa: E402
     DEFAULT_ADMIN_URL,
     Children,
+    bare_app_env,
     closed_loop,
     fresh_database,
     machine_busy_share,
@@ -60,13 +60,7 @@ def main() -> None:
             fresh_database(make_url(args.admin_url)) as database_url,
             tempfile.TemporaryDirectory() as folder,
         ):
-            env = {**os.environ, "WALLETGUARD_DATABASE_URL": database_url}
-            subprocess.run(
-                [sys.executable, "-c", "from bench.bare_app import create_table; create_table()"],
-                env=env,
-                cwd=REPO,
-                check=True,
-            )
+            env = bare_app_env(database_url)
             with server(children, ["bench.bare_app:app"], env, args.workers) as target:
                 for n in counts:
                     print(f"... {n} statement(s) a request", file=sys.stderr, flush=True)
