@@ -4,9 +4,10 @@
     WALLETGUARD_DATABASE_URL=postgresql+psycopg://… uvicorn bench.bare_app:app --workers 2
 
 ``POST /bare/statements`` is the same INSERT after ``reads`` primary-key SELECTs in the same
-transaction (Core statements on the session's connection, as walletguard's hot path sends
-them): what a number of statements costs on this stack with no other work, for
-``bench/statement_floor.py``.
+transaction, sent the way walletguard's hot path sends its statements (``via: "core"``,
+``walletguard.kit.db.core``: straight to psycopg on PostgreSQL) or through SQLAlchemy's
+``Connection.execute`` (``via: "connection"``): what a number of statements costs on this stack
+with no other work, for ``bench/statement_floor.py``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 from sqlalchemy import DateTime, String, bindparam, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from walletguard.kit.db import core
 
 
 class Base(DeclarativeBase):
@@ -65,6 +68,7 @@ def bare_payment(
 
 class StatementsIn(PayIn):
     reads: int = Field(ge=0, le=100)
+    via: Literal["core", "connection"] = "core"
 
 
 _READ = select(BareRow.payee, BareRow.amount_fen).where(BareRow.id == bindparam("row_id"))
@@ -74,9 +78,9 @@ _READ = select(BareRow.payee, BareRow.amount_fen).where(BareRow.id == bindparam(
 def bare_statements(
     body: StatementsIn, db: Annotated[Session, Depends(session, scope="function")]
 ) -> dict[str, str]:
-    connection = db.connection()
+    executor = core(db) if body.via == "core" else db.connection()
     for _ in range(body.reads):
-        connection.execute(_READ, {"row_id": uuid.uuid4()}).first()
+        executor.execute(_READ, {"row_id": uuid.uuid4()}).first()
     return bare_payment(body, db)
 
 

@@ -31,7 +31,8 @@ Last, each endpoint is sent ``--alone`` requests one at a time and the server's 
 request is printed for them too (no other request in the way), with the number of statements
 one payment sends (traced in process on a fresh database by ``bench/payment_statements.py``);
 and the bare endpoint is run closed-loop once more with that many statements (``POST
-/bare/statements``: its INSERT after as many trivial primary-key SELECTs, nothing else), whose
+/bare/statements``: its INSERT after as many trivial primary-key SELECTs sent the way a payment
+sends its statements (``walletguard.kit.db.core``), nothing else), whose
 share of the bare figure is the most a payment sending that many statements could reach on this
 stack even if all its other work were free (``bench/statement_floor.py`` draws that curve).
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
@@ -428,8 +429,10 @@ def bare_requests(count: int, merchants: int) -> list[str]:
     ]
 
 
-def statement_requests(statements: int, count: int, merchants: int) -> list[str]:
-    """``bench/bare_app.py``'s bare INSERT after ``statements - 1`` primary-key SELECTs."""
+def statement_requests(statements: int, count: int, merchants: int, via: str = "core") -> list[str]:
+    """``bench/bare_app.py``'s bare INSERT after ``statements - 1`` primary-key SELECTs, sent
+    ``via`` walletguard's executor (``core``, as a payment's are) or SQLAlchemy's
+    (``connection``)."""
     return [
         json.dumps(
             {
@@ -439,6 +442,7 @@ def statement_requests(statements: int, count: int, merchants: int) -> list[str]
                     "payee": f"便利店{i % merchants:02d}",
                     "amount": PAYMENT_AMOUNT,
                     "reads": statements - 1,
+                    "via": via,
                 },
             },
             ensure_ascii=False,

@@ -47,7 +47,7 @@ from bench.bench_payments import fresh_database  # noqa: E402
 from walletguard.app import create_app  # noqa: E402
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
-from walletguard.kit.db import unit_of_work  # noqa: E402
+from walletguard.kit.db import _PREPARED, unit_of_work  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
 
@@ -75,10 +75,15 @@ def database(url: str | None) -> Iterator[str]:
         yield fresh
 
 
+_EXECUTOR = ("execute", "_through_sqlalchemy")
+
+
 def _origin() -> str:
-    """The innermost walletguard frame outside kit/db.py that led to this statement."""
+    """The innermost walletguard frame that led to this statement, kit.db's executor left out."""
     for frame in reversed(traceback.extract_stack()):
         path = frame.filename.replace("\\", "/")
+        if path.endswith("/walletguard/kit/db.py") and frame.name in _EXECUTOR:
+            continue
         if "/walletguard/" in path and "site-packages" not in path:
             where = path.split("/walletguard/", 1)[1]
             return f"{where}:{frame.lineno} {frame.name}"
@@ -168,8 +173,16 @@ def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, st
     seen: list[tuple[str, str, str]] = []
 
     def before(conn: Any, cursor: Any, statement: str, _params: Any, context: Any, *_: Any) -> None:
-        # "cached since …" or "generated in …" (what SQLAlchemy's own echo log prints).
-        cache = str(context._get_cache_stats()) if hasattr(context, "_get_cache_stats") else ""
+        # "cached since …" or "generated in …" (what SQLAlchemy's own echo log prints); a
+        # statement kit.db's executor compiled on an earlier payment is sent from there when
+        # nothing listens, so its SQLAlchemy cache status does not matter.
+        compiled = getattr(getattr(context, "compiled", None), "statement", None)
+        if compiled is not None and _PREPARED.get(compiled) is not None:
+            cache = "cached: compiled once by kit.db.Core"
+        elif hasattr(context, "_get_cache_stats"):
+            cache = str(context._get_cache_stats())
+        else:
+            cache = ""
         seen.append((statement, _origin(), cache))
 
     def on_begin(conn: Any) -> None:

@@ -1,15 +1,18 @@
 """What the number of SQL statements alone costs a request on this stack, under load.
 
     .venv/bin/python bench/statement_floor.py [--admin-url URL] [--statements 1,6,12,18,24]
-        [--workers 2] [--concurrency 32] [--seconds 15]
+        [--workers 2] [--concurrency 32] [--seconds 15] [--via core|connection]
 
 ``bench/bare_app.py``'s ``POST /bare/statements`` does ``n - 1`` primary-key SELECTs and the
 bare endpoint's one INSERT, in one transaction, with nothing else: no authentication, no
-Python work to speak of. Each ``n`` is run closed-loop like ``bench/bench_payments.py`` runs
-the bare endpoint (same uvicorn flags, same load generator, a fresh PostgreSQL database), and
-its requests/s is printed as a share of ``n = 1``'s, measured in the same run. That share is
-the most a payment sending ``n`` statements could reach against the bare endpoint, even if
-everything else it does cost nothing: the floor the spec's ">= 50 % of the bare endpoint" is
+Python work to speak of. The SELECTs go the way a payment's statements go
+(``walletguard.kit.db.core``, straight to psycopg), or with ``--via connection`` through
+SQLAlchemy's ``Connection.execute`` (how they went before kit.db.core did that). Each ``n`` is
+run closed-loop like ``bench/bench_payments.py`` runs the bare endpoint (same uvicorn flags,
+same load generator, a fresh PostgreSQL database), and its requests/s is printed as a share of
+``n = 1``'s, measured in the same run. That share is the most a payment sending ``n``
+statements could reach against the bare endpoint, even if everything else it does cost
+nothing: the floor the spec's ">= 50 % of the bare endpoint" is
 judged against. Noise as in the payment benchmark: compare runs by their ratios.
 """
 
@@ -48,6 +51,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument(
+        "--via",
+        choices=("core", "connection"),
+        default="core",
+        help="send the SELECTs with walletguard.kit.db.core (as a payment does) or with "
+        "SQLAlchemy's Connection.execute",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.statements.split(",")]
     if 1 not in counts:
@@ -67,7 +77,7 @@ def main() -> None:
                     _, result = closed_loop(
                         children,
                         target,
-                        lambda count, n=n: statement_requests(n, count, 16),
+                        lambda count, n=n: statement_requests(n, count, 16, args.via),
                         Path(folder),
                         seconds=args.seconds,
                         concurrency=args.concurrency,
@@ -81,7 +91,8 @@ def main() -> None:
     busy_after = machine_busy_share()
     print(
         f"uvicorn --workers {args.workers}; loadgen --concurrency {args.concurrency}; "
-        f"runs of ~{args.seconds:.0f} s; CPU busy with other work before/after: "
+        f"runs of ~{args.seconds:.0f} s; statements via {args.via}; "
+        f"CPU busy with other work before/after: "
         f"{busy_before:.0%}, {busy_after:.0%}"
     )
     base = results[1][0]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
+from psycopg.pq import ExecStatus
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -25,9 +28,11 @@ from sqlalchemy import (
     or_,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -77,6 +82,9 @@ PING_AFTER_IDLE_S = 10.0
 def create_db_engine(
     url: str, *, pool_size: int = 10, ping_after_idle_s: float = PING_AFTER_IDLE_S
 ) -> Engine:
+    """The engine for ``url``. Its errors never carry the statement's parameters
+    (``hide_parameters``): a failed INSERT of an SMS, a card or a profile would otherwise put
+    a one-time code or a blind index into the log with the traceback."""
     if url.startswith("sqlite"):
         # SQLite has one writer and every transaction here begins IMMEDIATE, so requests queue
         # for the database whatever the pool size. They queue in the pool, where a waiter can be
@@ -84,6 +92,7 @@ def create_db_engine(
         # fail a request after 30 s on a busy embedded instance.
         engine = create_engine(
             url,
+            hide_parameters=True,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=5,
             max_overflow=5,
@@ -108,7 +117,7 @@ def create_db_engine(
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
     _ping_when_idle(engine, ping_after_idle_s)
 
     @event.listens_for(engine, "connect")
@@ -209,17 +218,208 @@ def one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[b
     return or_(*(column == value for value in values))
 
 
-def core(session: Session) -> Connection:
+def core(session: Session) -> Core:
     """The session's connection (its transaction), for a prebuilt statement on tables.
 
     ``Session.execute`` runs even a Core statement through the ORM's execution path (events,
     compile-state plugins, bind lookup): about 0.15 ms of CPU a statement on PostgreSQL, as much
-    as the driver itself. The hot paths (a payment sends some 25 statements) execute their
+    as the driver itself. The hot paths (a payment sends some 20 statements) execute their
     table statements here instead. Nothing changes but the cost: the statement runs in the
     session's transaction, and, like any Core statement, does not autoflush; statements on ORM
     entities (which load objects or must see the session's pending changes) stay on the session.
+    On PostgreSQL it also skips SQLAlchemy's own execution machinery (see ``Core``).
     """
-    return session.connection()
+    return Core(session.connection())
+
+
+class Rows:
+    """What ``Core.execute`` returned: every row, already fetched (tuples that also answer to
+    the columns' names, like SQLAlchemy's ``Row``), and for a write the rows it changed."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: Sequence[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise NoResultFound("no row") if not self._rows else MultipleResultsFound("rows")
+        return self._rows[0]
+
+    def one_or_none(self) -> Any:
+        if len(self._rows) > 1:
+            raise MultipleResultsFound("more than one row")
+        return self._rows[0] if self._rows else None
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+class _Prepared:
+    """A statement compiled once for the driver: its SQL, the values of the parameters it
+    carries itself, SQLAlchemy's converters for the parameters and (after the first run, from
+    the cursor's description) for the columns, and the class of its rows."""
+
+    __slots__ = ("bind", "columns", "defaults", "keys", "required", "results", "row", "sql")
+
+    def __init__(self, compiled: Any) -> None:
+        self.sql: str = compiled.string
+        binds = getattr(compiled, "binds", {})
+        self.defaults = {k: b.effective_value for k, b in binds.items() if not b.required}
+        self.required = frozenset(k for k, b in binds.items() if b.required)
+        processors = getattr(compiled, "_bind_processors", {})
+        self.bind: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
+        columns = getattr(compiled, "_result_columns", [])
+        self.keys = [column.keyname for column in columns]
+        self.columns = [column.type for column in columns]
+        self.row: Callable[[Iterable[Any]], Any] | None = None
+        self.results: tuple[Callable[[Any], Any] | None, ...] = ()
+
+    def learn_rows(self, description: Sequence[Any], dialect: Dialect) -> None:
+        """The row class and column converters, from the first result's description."""
+        keys = self.keys if len(self.keys) == len(description) else [d.name for d in description]
+        self.row = cast(Any, namedtuple)("Row", keys, rename=True)._make
+        if len(self.columns) == len(description):
+            found = tuple(
+                type_._cached_result_processor(dialect, column.type_code)
+                for type_, column in zip(self.columns, description, strict=True)
+            )
+            self.results = found if any(found) else ()
+
+
+def _fast_path_for(compiled: Any) -> bool:
+    """Whether the statement's SQL is the same on every execution (nothing rendered per
+    execution, no parameter renamed), which is what ``Core`` can send as it is."""
+    return not (
+        getattr(compiled, "post_compile_params", None)
+        or getattr(compiled, "literal_execute_params", None)
+        or getattr(compiled, "escaped_bind_names", None)
+        or any(b.callable is not None for b in getattr(compiled, "binds", {}).values())
+    )
+
+
+_PREPARED: weakref.WeakKeyDictionary[Executable, _Prepared | None] = weakref.WeakKeyDictionary()
+_CURSOR = "walletguard.cursor"
+
+
+class Core:
+    """A prebuilt statement on the session's connection, in its transaction.
+
+    On PostgreSQL, when nothing listens to the connection's statements (no ``echo``, no
+    ``before_cursor_execute``: the statement tracer of ``bench/payment_statements.py`` and
+    SQLAlchemy's logging see every statement as before), a statement is compiled once, and
+    each execution hands its SQL and converted parameters straight to psycopg on one cursor
+    kept with the pooled connection: SQLAlchemy's execution context, result object and cursor
+    per statement are about as much CPU again as psycopg's own work (``bench/statement_floor.py``).
+    The parameters and the columns go through the same type converters SQLAlchemy applies, and
+    a driver error is raised as SQLAlchemy raises it (``IntegrityError``; a lost connection
+    invalidated, ``connection_invalidated`` set, kit.errors answers 503). Everything else (SQLite,
+    many parameter sets, a statement rendered per execution) runs through SQLAlchemy.
+    """
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.dialect = connection.dialect
+
+    def execute(
+        self,
+        statement: Executable,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> Rows:
+        connection = self.connection
+        if (
+            self.dialect.name != "postgresql"
+            or not isinstance(parameters, Mapping | None)
+            or connection._echo
+            or _listened(connection)
+        ):
+            return self._through_sqlalchemy(statement, parameters)
+        prepared = _PREPARED.get(statement, _PREPARED)
+        if prepared is _PREPARED:
+            prepared = _prepare(statement, self.dialect)
+        if prepared is None:
+            return self._through_sqlalchemy(statement, parameters)
+        assert isinstance(prepared, _Prepared)
+        values = {**prepared.defaults, **(parameters or {})}
+        if not prepared.required.issubset(values):
+            return self._through_sqlalchemy(statement, parameters)  # SQLAlchemy's own error
+        record = connection.connection
+        driver: Any = record.driver_connection
+        cursor = record.info.get(_CURSOR)
+        if cursor is None or cursor.connection is not driver:
+            cursor = record.info[_CURSOR] = driver.cursor()
+        try:
+            for name, convert in prepared.bind:
+                value = values.get(name)
+                if value is not None:
+                    values[name] = convert(value)
+            cursor.execute(prepared.sql, values)
+            # The result's status, not ``cursor.description`` (a new list of column objects at
+            # every look): whether the statement returned rows.
+            returned = cursor.pgresult.status == ExecStatus.TUPLES_OK
+            rows = cursor.fetchall() if returned else []
+        except Exception as error:  # raised as SQLAlchemy raises it (a lost connection invalidated)
+            record.info.pop(_CURSOR, None)
+            connection._handle_dbapi_exception(error, prepared.sql, values, cursor, None)
+        if not returned:
+            return Rows(rows, cursor.rowcount)
+        if prepared.row is None:
+            prepared.learn_rows(cursor.description, self.dialect)
+        make = prepared.row
+        assert make is not None
+        results = prepared.results
+        if results:
+            made = [
+                make([v if f is None else f(v) for f, v in zip(results, row, strict=True)])
+                for row in rows
+            ]
+        else:
+            made = [make(row) for row in rows]
+        return Rows(made, cursor.rowcount)
+
+    def _through_sqlalchemy(
+        self,
+        statement: Executable,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+    ) -> Rows:
+        result = self.connection.execute(statement, parameters)
+        if result.returns_rows:
+            return Rows(result.all(), result.rowcount)
+        return Rows([], result.rowcount)
+
+
+def _listened(connection: Connection) -> bool:
+    """Whether anything listens to the statements a connection executes (SQLAlchemy's own
+    ``_has_events`` stays set once any listener was added, even after it is removed)."""
+    dispatch = connection.dispatch
+    return bool(
+        dispatch.before_execute
+        or dispatch.after_execute
+        or dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+    )
+
+
+def _prepare(statement: Executable, dialect: Dialect) -> _Prepared | None:
+    compiled = cast(ClauseElement, statement).compile(dialect=dialect)
+    prepared = _Prepared(compiled) if _fast_path_for(compiled) else None
+    _PREPARED[statement] = prepared
+    return prepared
 
 
 _KEPT = "walletguard.kept"

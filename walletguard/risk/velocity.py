@@ -20,8 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, case, delete, func, null, select, union_all
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy import Table, bindparam, case, delete, func, null, select, text, union_all
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -142,10 +141,10 @@ class DatabaseVelocity:
 _BUCKETS = cast(Table, RiskVelocityBucket.__table__)
 
 
-def _upsert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (key, minute) DO UPDATE adding to the bucket."""
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(_BUCKETS)
+def _upsert_sqlite() -> Any:
+    """INSERT … ON CONFLICT (key, minute, shard) DO UPDATE adding to the bucket (SQLite; one
+    parameter set a bucket, executed as a batch)."""
+    statement = sqlite_insert(_BUCKETS)
     return statement.on_conflict_do_update(
         index_elements=[_BUCKETS.c.key, _BUCKETS.c.minute, _BUCKETS.c.shard],
         set_={
@@ -155,7 +154,7 @@ def _upsert(dialect: str) -> Any:
     )
 
 
-_UPSERT = {dialect: _upsert(dialect) for dialect in ("postgresql", "sqlite")}
+_UPSERT_SQLITE = _upsert_sqlite()
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ class _Count:
 
 
 def _write_buckets(db: Session, counts: list[_Count]) -> None:
-    """One upsert per bucket (a single cached statement, executed as a batch) into one shard,
+    """One upsert of every bucket (on SQLite a batch, one parameter set a bucket) into one shard,
     drawn once for the session: two movements under the same busy key meet on a row only when
     they drew the same shard. Every write of a transaction goes to its one shard, buckets in a
     fixed order, so that writers meeting on a shard lock its rows in the same order (no
@@ -177,13 +176,41 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
         bucket = buckets.setdefault((count.key, count.minute), [0, 0])
         bucket[0] += 1
         bucket[1] += count.amount_fen
+    ordered = sorted(buckets.items())
+    if db.get_bind().dialect.name == "postgresql":
+        # One statement, not a batch of one per bucket: the rows as arrays, in the same order.
+        core(db).execute(
+            _UPSERT_ARRAYS_POSTGRESQL,
+            {
+                "keys": [key for (key, _minute), _ in ordered],
+                "minutes": [minute for (_key, minute), _ in ordered],
+                "counts": [number for _, (number, _total) in ordered],
+                "sums": [total for _, (_number, total) in ordered],
+                "shard": shard,
+            },
+        )
+        return
     core(db).execute(
-        _UPSERT[db.get_bind().dialect.name],
+        _UPSERT_SQLITE,
         [
             {"key": key, "minute": minute, "shard": shard, "count": number, "sum_fen": total}
-            for (key, minute), (number, total) in sorted(buckets.items())
+            for (key, minute), (number, total) in ordered
         ],
     )
+
+
+# The buckets' rows unnested in array order (WITH ORDINALITY), so that conflicting rows are
+# locked in the order the writer sorted them.
+_UPSERT_ARRAYS_POSTGRESQL = text(
+    "INSERT INTO risk_velocity (key, minute, shard, count, sum_fen)"
+    " SELECT b.key, b.minute, CAST(:shard AS smallint), b.count, b.sum_fen FROM unnest("
+    "CAST(:keys AS varchar[]), CAST(:minutes AS timestamptz[]), CAST(:counts AS integer[]),"
+    " CAST(:sums AS bigint[])) WITH ORDINALITY AS b(key, minute, count, sum_fen, n)"
+    " ORDER BY b.n"
+    " ON CONFLICT (key, minute, shard) DO UPDATE SET"
+    " count = risk_velocity.count + excluded.count,"
+    " sum_fen = risk_velocity.sum_fen + excluded.sum_fen"
+)
 
 
 _SHARD = "walletguard.risk.velocity_shard"
