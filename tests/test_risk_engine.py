@@ -590,3 +590,21 @@ def test_decisions_never_store_personal_data(
             assert secret not in stored, (secret, stored)
     assert any(row.payee_label and "*" in row.payee_label for row in rows)
     assert any(row.place == "上海" for row in rows)
+
+
+def test_the_risk_read_sees_the_security_events_its_own_transaction_recorded(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    # A step recorded earlier in the same transaction (not chained yet: the audit chain is
+    # written just before COMMIT) is among the events the risk engine reads.
+    from walletguard.audit import service as audit
+    from walletguard.risk import repository
+
+    holder_id = uuid.UUID(register(client, container).holder_id)
+    now = clock.now()
+    with unit_of_work(container.sessions) as db:
+        audit.record(db, clock, "security.phone_changed", holder_id=holder_id)
+        found = repository.recent_events(
+            db, holder_id, audit_since=now - timedelta(days=1), exposures_since=now
+        )
+    assert "security.phone_changed" in [event for event, _at, _data in found.audit]

@@ -405,7 +405,10 @@ class Core:
 
 def _listened(connection: Connection) -> bool:
     """Whether anything listens to the statements a connection executes (SQLAlchemy's own
-    ``_has_events`` stays set once any listener was added, even after it is removed)."""
+    ``_has_events`` stays set once any listener was added, even after it is removed, so it
+    only tells that none ever was)."""
+    if not (connection._has_events or connection.engine._has_events):
+        return False
     dispatch = connection.dispatch
     return bool(
         dispatch.before_execute

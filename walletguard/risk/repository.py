@@ -7,11 +7,25 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import String, Table, Text, bindparam, func, literal, null, or_, select, union_all
+from sqlalchemy import (
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from walletguard.audit import service as audit
 from walletguard.audit.models import AuditEntry
 from walletguard.identity.models import Device, Holder
 from walletguard.kit.db import core, one_of
@@ -46,21 +60,34 @@ _HOLDERS = cast(Table, Holder.__table__)
 _SWAPS = cast(Table, SimSwap.__table__)
 _DEVICES = cast(Table, Device.__table__)
 
-_HOLDER_FACTS = select(
-    _HOLDERS.c.created_at,
-    select(func.max(_SWAPS.c.swapped_at))
-    .where(_SWAPS.c.phone_index == _HOLDERS.c.phone_index)
-    .scalar_subquery(),
-    # What the holder paid the payee before (NULL payee key: no row, NULLs).
-    select(_PAYEES.c.payments)
-    .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
-    .scalar_subquery(),
-    select(_PAYEES.c.trusted_at)
-    .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
-    .scalar_subquery(),
-).where(_HOLDERS.c.id == bindparam("holder_id"))
+_FACTS = (
+    select(
+        _HOLDERS.c.created_at.label("opened_at"),
+        select(func.max(_SWAPS.c.swapped_at))
+        .where(_SWAPS.c.phone_index == _HOLDERS.c.phone_index)
+        .scalar_subquery()
+        .label("last_sim_swap"),
+        # What the holder paid the payee before (NULL payee key: no row, NULLs).
+        select(_PAYEES.c.payments)
+        .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
+        .scalar_subquery()
+        .label("payee_payments"),
+        select(_PAYEES.c.trusted_at)
+        .where(_PAYEES.c.holder_id == _HOLDERS.c.id, _PAYEES.c.payee_key == bindparam("payee_key"))
+        .scalar_subquery()
+        .label("payee_trusted_at"),
+    )
+    .where(_HOLDERS.c.id == bindparam("holder_id"))
+    .subquery("facts")
+)
 
-_DEVICES_OF_HOLDER = select(
+# The holder's facts on every row of its devices (one row of facts and NULL device columns
+# when it has none that count): one round trip for both.
+_HOLDER_AND_DEVICES = select(
+    _FACTS.c.opened_at,
+    _FACTS.c.last_sim_swap,
+    _FACTS.c.payee_payments,
+    _FACTS.c.payee_trusted_at,
     _DEVICES.c.id,
     _DEVICES.c.client_device_id,
     _DEVICES.c.first_seen_ip,
@@ -70,9 +97,14 @@ _DEVICES_OF_HOLDER = select(
     _DEVICES.c.trust,
     _DEVICES.c.revoked_at,
     _DEVICES.c.cooling_off_until,
-).where(
-    _DEVICES.c.holder_id == bindparam("holder_id"),
-    or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
+).select_from(
+    _FACTS.outerjoin(
+        _DEVICES,
+        and_(
+            _DEVICES.c.holder_id == bindparam("holder_id"),
+            or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
+        ),
+    )
 )
 
 _AUDIT_EVENTS = select(
@@ -183,21 +215,29 @@ class HolderFacts(NamedTuple):
     payee: PayeeStats | None
 
 
-def holder_facts(db: Session, holder_id: uuid.UUID, payee_key: str | None) -> HolderFacts:
-    """When the account was opened, the last SIM swap of its bound number, and what the holder
-    paid this payee before — one round trip before every decision.
+def holder_and_devices(
+    db: Session, holder_id: uuid.UUID, payee_key: str | None, device_id: uuid.UUID | None
+) -> tuple[HolderFacts, list[DeviceSeen]]:
+    """When the account was opened, the last SIM swap of its bound number, what the holder
+    paid this payee before, and the holder's devices not revoked (and the acting one even if
+    it is) — one round trip before every decision.
 
     A read-only look into identity's and messages' tables by the phone's blind index, instead
     of decrypting the profile and asking twice."""
-    row = core(db).execute(_HOLDER_FACTS, {"holder_id": holder_id, "payee_key": payee_key}).one()
-    payee = PayeeStats(int(row[2]), row[3]) if row[2] is not None else None
-    return HolderFacts(row[0], row[1], payee)
-
-
-def devices_of(db: Session, holder_id: uuid.UUID, device_id: uuid.UUID | None) -> list[DeviceSeen]:
-    """The holder's devices not revoked, and the acting one even if it is."""
-    rows = core(db).execute(_DEVICES_OF_HOLDER, {"holder_id": holder_id, "device_id": device_id})
-    return [DeviceSeen._make(row) for row in rows]
+    rows = (
+        core(db)
+        .execute(
+            _HOLDER_AND_DEVICES,
+            {"holder_id": holder_id, "payee_key": payee_key, "device_id": device_id},
+        )
+        .all()
+    )
+    if not rows:
+        raise NoResultFound(f"no holder {holder_id}")
+    first = rows[0]
+    payee = PayeeStats(int(first[2]), first[3]) if first[2] is not None else None
+    facts = HolderFacts(first[0], first[1], payee)
+    return facts, [DeviceSeen._make(row[4:]) for row in rows if row[4] is not None]
 
 
 class RecentEvents(NamedTuple):
@@ -211,15 +251,18 @@ def recent_events(
     db: Session, holder_id: uuid.UUID, *, audit_since: datetime, exposures_since: datetime
 ) -> RecentEvents:
     """The holder's security events since ``audit_since`` and scam exposures since
-    ``exposures_since``: one statement. Through the session, not the connection: a read of the
-    audit log chains the entries this transaction recorded first, so they are among them."""
+    ``exposures_since``: one statement. The entries this transaction recorded are chained
+    first (what a read of the audit log through the session does by itself), so they are
+    among them; then what the session changed is flushed, as a session read would."""
+    audit.chain_pending(db)
+    db.flush()
     params = {
         "holder_id": holder_id,
         "audit_since": audit_since,
         "exposures_since": exposures_since,
     }
     found = RecentEvents([], [])
-    for source, event, at, data, payee_key in db.execute(_RECENT_EVENTS, params):
+    for source, event, at, data, payee_key in core(db).execute(_RECENT_EVENTS, params):
         if source == 0:
             found.audit.append((event, at, data))
         else:

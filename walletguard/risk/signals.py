@@ -139,8 +139,10 @@ class SignalReader:
         db.flush()
         s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
         payee_key = self.payee_key(event.payee) if event.payee else None
-        opened_at, last_sim_swap, stats = repository.holder_facts(db, event.holder_id, payee_key)
-        known = repository.devices_of(db, event.holder_id, event.device_id)
+        facts, known = repository.holder_and_devices(
+            db, event.holder_id, payee_key, event.device_id
+        )
+        opened_at, last_sim_swap, stats = facts
         device = next((d for d in known if d.id == event.device_id), None)
         devices = [d for d in known if d.revoked_at is None]
 

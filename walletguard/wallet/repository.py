@@ -7,9 +7,21 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
-from sqlalchemy import Select, Table, Uuid, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    Uuid,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
@@ -258,11 +270,21 @@ def _movement_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
         .scalar_subquery()
     )
     return select(
-        func.coalesce(func.sum(counted), 0),
-        func.coalesce(func.max(expired), 0),
-        has_settings,
-        available,
+        func.coalesce(func.sum(counted), 0).label("spent_today_fen"),
+        func.coalesce(func.max(expired), 0).label("expired_pending"),
+        has_settings.label("has_limit_settings"),
+        available.label("available_fen"),
     ).where(txn.holder_id == holder, (txn.created_at >= since) | (txn.status == "pending"))
+
+
+def _facts_of(row: Sequence[Any]) -> MovementFacts:
+    """The facts from the columns of ``_movement_facts_statement``, in its order."""
+    return MovementFacts(
+        spent_today_fen=int(row[0]),
+        expired_pending=bool(row[1]),
+        has_limit_settings=bool(row[2]),
+        available_fen=None if row[3] is None else int(row[3]),
+    )
 
 
 def movement_facts(
@@ -290,12 +312,7 @@ def movement_facts(
         )
         .one()
     )
-    return MovementFacts(
-        spent_today_fen=int(row[0]),
-        has_limit_settings=bool(row[2]),
-        expired_pending=bool(row[1]),
-        available_fen=None if row[3] is None else int(row[3]),
-    )
+    return _facts_of(row)
 
 
 def wallet_state(db: Session, holder_id: uuid.UUID) -> WalletState | None:
@@ -311,24 +328,59 @@ class KillSwitch(Protocol):
     def reopens_at(self) -> datetime | None: ...
 
 
-def kill_switch(db: Session, holder_id: uuid.UUID) -> KillSwitch | None:
-    """The holder's kill switch, read alone with the wallet state locked (like
-    ``lock_wallet_state``); None when the holder has no wallet state yet."""
-    # Flushed first, as an ORM statement would be: the request's own session-row touch is
-    # written, and locked, before the wallet state (see incidents); then read on the connection.
+# Columns, not the entity, and the movement's facts with them: read, and the row locked,
+# before every movement.
+class LockedWallet(NamedTuple):
+    kill_switch: KillSwitch
+    facts: MovementFacts  # as of the moment the lock was taken
+
+
+def lock_wallet_with_facts(
+    db: Session,
+    holder_id: uuid.UUID,
+    *,
+    since: datetime,
+    now: datetime,
+    counted_kinds: Sequence[str],
+    holder_account_code: str,
+) -> LockedWallet | None:
+    """The holder's kill switch with the wallet state locked (like ``lock_wallet_state``)
+    and, in the same statement, the facts a new movement is judged on (``movement_facts``,
+    read under that lock); None when the holder has no wallet state yet (nothing read, nothing
+    locked). Flushed first, as an ORM statement would be: the request's own session-row touch
+    is written, and locked, before the wallet state (see incidents)."""
     db.flush()
-    row: KillSwitch | None = (
-        core(db).execute(_LOCK_KILL_SWITCH, {"state_holder": holder_id}).first()
+    row = (
+        core(db)
+        .execute(
+            _lock_with_facts_statement(tuple(counted_kinds)),
+            {
+                "state_holder": holder_id,
+                "facts_holder": holder_id,
+                "since": since,
+                "now": now,
+                "account_code": holder_account_code,
+            },
+        )
+        .first()
     )
-    return row
+    if row is None:
+        return None
+    return LockedWallet(row, _facts_of(row[2:]))
 
 
-# Columns, not the entity: read, and the row locked, before every movement.
-_LOCK_KILL_SWITCH = (
-    select(WalletState.closed_at, WalletState.reopens_at)
-    .where(WalletState.holder_id == bindparam("state_holder", type_=Uuid()))
-    .with_for_update(key_share=True)
-)
+@functools.cache
+def _lock_with_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
+    """The kill switch's columns and the movement facts' (one row of aggregates, joined),
+    the wallet state alone locked (``FOR NO KEY UPDATE OF wallet_states``)."""
+    facts = _movement_facts_statement(counted_kinds).subquery("facts")
+    states = cast(Table, WalletState.__table__)
+    return (
+        select(states.c.closed_at, states.c.reopens_at, *facts.c)
+        .select_from(states.join(facts, true()))
+        .where(states.c.holder_id == bindparam("state_holder", type_=Uuid()))
+        .with_for_update(key_share=True, of=states)
+    )
 
 
 # -- idempotency -----------------------------------------------------------------------------

@@ -371,6 +371,9 @@ class WalletService:
         self.counters = AttemptCounters(db, env.clock)
         # Holders whose wallet state this transaction has locked (and found open).
         self._locked_wallets: set[uuid.UUID] = set()
+        # What the wallet-state lock read for the movement about to be judged (see
+        # _lock_open_wallet), taken by _judge_movement.
+        self._facts_at_lock: dict[uuid.UUID, repository.MovementFacts] = {}
 
     # -- device trust ----------------------------------------------------------------------
 
@@ -544,14 +547,30 @@ class WalletService:
 
     def _lock_open_wallet(self, holder_id: uuid.UUID) -> None:
         """Lock the holder's wallet state (created if it does not exist yet) to the end of the
-        transaction, and refuse if its transaction functions are closed."""
+        transaction, and refuse if its transaction functions are closed. The same statement
+        reads the facts the movement is then judged on (``_judge_movement``): they can only
+        change under this lock, so they are read once."""
         now = self.clock.now()
-        state: repository.KillSwitch | None = repository.kill_switch(self.db, holder_id)
-        if state is None:
+        facts_args = self._facts_args(holder_id, now)
+        locked = repository.lock_wallet_with_facts(self.db, holder_id, **facts_args)
+        state: repository.KillSwitch
+        if locked is None:
             state = repository.lock_wallet_state(self.db, holder_id, now)
+        else:
+            state = locked.kill_switch
+            self._facts_at_lock[holder_id] = locked.facts
         if is_closed(state, now):
             raise TransactionsClosed(state)
         self._locked_wallets.add(holder_id)
+
+    @staticmethod
+    def _facts_args(holder_id: uuid.UUID, now: datetime) -> dict[str, Any]:
+        return {
+            "since": local_midnight(now),
+            "now": now,
+            "counted_kinds": HOLDER_COUNTED_KINDS,
+            "holder_account_code": holder_code(holder_id),
+        }
 
     def _judge_movement(
         self, principal: Principal, kind: str, amount_fen: int, debited_card: Card | None
@@ -565,16 +584,12 @@ class WalletService:
         now = self.clock.now()
 
         def read() -> repository.MovementFacts:
-            return repository.movement_facts(
-                self.db,
-                holder_id,
-                since=local_midnight(now),
-                now=now,
-                counted_kinds=HOLDER_COUNTED_KINDS,
-                holder_account_code=holder_code(holder_id),
-            )
+            return repository.movement_facts(self.db, holder_id, **self._facts_args(holder_id, now))
 
-        facts = read()
+        # Read with the lock when the lock found the wallet state (once: a second movement of
+        # the same request reads afresh what the first changed).
+        at_lock = self._facts_at_lock.pop(holder_id, None)
+        facts = at_lock if at_lock is not None else read()
         if facts.expired_pending:
             self.void_expired_holds(holder_id)
             facts = read()
