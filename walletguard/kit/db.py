@@ -289,15 +289,17 @@ class _Prepared:
         self.results: tuple[Callable[[Any], Any] | None, ...] = ()
 
     def learn_rows(self, description: Sequence[Any], dialect: Dialect) -> None:
-        """The row class and column converters, from the first result's description."""
+        """The row class and column converters, from the first result's description. The
+        converters are in place before the row class: another thread that finds the class set
+        (the sign that this is done) finds the converters too."""
         keys = self.keys if len(self.keys) == len(description) else [d.name for d in description]
-        self.row = cast(Any, namedtuple)("Row", keys, rename=True)._make
         if len(self.columns) == len(description):
             found = tuple(
                 type_._cached_result_processor(dialect, column.type_code)
                 for type_, column in zip(self.columns, description, strict=True)
             )
             self.results = found if any(found) else ()
+        self.row = cast(Any, namedtuple)("Row", keys, rename=True)._make
 
 
 def _fast_path_for(compiled: Any) -> bool:

@@ -556,6 +556,7 @@ class WalletService:
         state: repository.KillSwitch
         if locked is None:
             state = repository.lock_wallet_state(self.db, holder_id, now)
+            self._facts_at_lock.pop(holder_id, None)  # read by _judge_movement instead
         else:
             state = locked.kill_switch
             self._facts_at_lock[holder_id] = locked.facts
