@@ -346,7 +346,9 @@ class Core:
         connection = self.connection
         if (
             self.dialect.name != "postgresql"
-            or not isinstance(parameters, Mapping | None)
+            # Many parameter sets (a list of them) go as SQLAlchemy batches them; the check on
+            # concrete types, not ``Mapping``: an ABC's isinstance is costly on every statement.
+            or isinstance(parameters, list | tuple)
             or connection._echo
             or _listened(connection)
         ):
@@ -357,7 +359,7 @@ class Core:
         if prepared is None:
             return self._through_sqlalchemy(statement, parameters)
         assert isinstance(prepared, _Prepared)
-        values = {**prepared.defaults, **(parameters or {})}
+        values = {**prepared.defaults, **cast(Mapping[str, Any], parameters or {})}
         if not prepared.required.issubset(values):
             return self._through_sqlalchemy(statement, parameters)  # SQLAlchemy's own error
         record = connection.connection

@@ -299,20 +299,21 @@ def movement_facts(
     # Before every movement, so on the connection; flushed first, as the ORM read it replaces
     # was (autoflush): whatever the request changed so far is what the facts are read from.
     db.flush()
-    row = (
-        core(db)
-        .execute(
-            _movement_facts_statement(tuple(counted_kinds)),
-            {
-                "facts_holder": holder_id,
-                "since": since,
-                "now": now,
-                "account_code": holder_account_code,
-            },
-        )
-        .one()
-    )
+    params = _facts_params(holder_id, since, now, holder_account_code)
+    row = core(db).execute(_movement_facts_statement(tuple(counted_kinds)), params).one()
     return _facts_of(row)
+
+
+def _facts_params(
+    holder_id: uuid.UUID, since: datetime, now: datetime, holder_account_code: str
+) -> dict[str, Any]:
+    """The parameters of ``_movement_facts_statement`` (alone or inside the wallet lock's)."""
+    return {
+        "facts_holder": holder_id,
+        "since": since,
+        "now": now,
+        "account_code": holder_account_code,
+    }
 
 
 def wallet_state(db: Session, holder_id: uuid.UUID) -> WalletState | None:
@@ -328,9 +329,9 @@ class KillSwitch(Protocol):
     def reopens_at(self) -> datetime | None: ...
 
 
-# Columns, not the entity, and the movement's facts with them: read, and the row locked,
-# before every movement.
 class LockedWallet(NamedTuple):
+    """What the lock taken before every movement read: columns, not the entity."""
+
     kill_switch: KillSwitch
     facts: MovementFacts  # as of the moment the lock was taken
 
@@ -350,20 +351,11 @@ def lock_wallet_with_facts(
     locked). Flushed first, as an ORM statement would be: the request's own session-row touch
     is written, and locked, before the wallet state (see incidents)."""
     db.flush()
-    row = (
-        core(db)
-        .execute(
-            _lock_with_facts_statement(tuple(counted_kinds)),
-            {
-                "state_holder": holder_id,
-                "facts_holder": holder_id,
-                "since": since,
-                "now": now,
-                "account_code": holder_account_code,
-            },
-        )
-        .first()
-    )
+    params = {
+        "state_holder": holder_id,
+        **_facts_params(holder_id, since, now, holder_account_code),
+    }
+    row = core(db).execute(_lock_with_facts_statement(tuple(counted_kinds)), params).first()
     if row is None:
         return None
     return LockedWallet(row, _facts_of(row[2:]))
