@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -190,6 +190,29 @@ def test_sessions_expire_when_idle(
     holder = register(client, container)
     clock.advance(timedelta(days=6))
     assert client.get("/api/v1/me", headers=holder.auth).status_code == 200
+    clock.advance(timedelta(days=7, seconds=1))
+    assert client.get("/api/v1/me", headers=holder.auth).status_code == 401
+
+
+def test_a_session_in_use_stays_alive_and_its_device_is_seen_at_most_once_a_minute(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    holder = register(client, container)
+
+    def seen_at() -> datetime:
+        devices = client.get("/api/v1/devices", headers=holder.auth).json()
+        mine = next(d for d in devices if d["id"] == holder.device_id)
+        return datetime.fromisoformat(mine["last_seen_at"])
+
+    clock.advance(timedelta(days=6))
+    touched = clock.now()
+    assert client.get("/api/v1/me", headers=holder.auth).status_code == 200
+    assert seen_at() == touched
+    clock.advance(timedelta(seconds=30))
+    assert seen_at() == touched  # within the minute: not written again
+    clock.advance(timedelta(days=6))
+    # Idle 6 days since the last use, not 12 since sign-in: the session lives on.
+    assert seen_at() == clock.now()
     clock.advance(timedelta(days=7, seconds=1))
     assert client.get("/api/v1/me", headers=holder.auth).status_code == 401
 

@@ -82,9 +82,12 @@ def create_app(container: Container | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(RefuseOversizedBodies, limit=container.settings.max_request_bytes)
 
+    # The wallet's routes first: a request is matched against the routes in this order, one
+    # after the other, and payments are the busiest (no two routers' paths overlap, so the
+    # order changes which route answers no request).
+    app.include_router(wallet_router)
     app.include_router(identity_router)
     app.include_router(messages_router)
-    app.include_router(wallet_router)
     app.include_router(incidents_router)
     app.include_router(operator_router)
     app.include_router(alerts_router)

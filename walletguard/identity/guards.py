@@ -15,9 +15,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from walletguard.bootstrap import Container
@@ -30,6 +30,7 @@ from walletguard.identity.models import (
     TotpFactor,
 )
 from walletguard.kit.controls import Controls
+from walletguard.kit.db import core
 from walletguard.kit.errors import WalletguardError
 from walletguard.kit.money import format_yuan
 
@@ -317,12 +318,40 @@ def require_past_cooling_off(
         raise DeviceCoolingOff(action, cooling_off_end(device, settings.cooling_off_hours))
 
 
-def payments_hold_until(db: Session, env: Container, holder_id: uuid.UUID) -> datetime | None:
-    """After an account recovery payments stay closed until then (None: not held)."""
-    holder = db.get(Holder, holder_id)
-    if holder is None or holder.payments_hold_until is None:
-        return None
-    return holder.payments_hold_until if holder.payments_hold_until > env.clock.now() else None
+class PayerFacts(Protocol):
+    """What the cooling-off cap of a movement is computed from: the holder's post-recovery
+    payment hold and the paying device's columns (a row of ``_HOLD_AND_DEVICE``, or of the
+    payment password's read, ``IdentityService.verify_payment_password``)."""
+
+    @property
+    def payments_hold_until(self) -> datetime | None: ...
+    @property
+    def device(self) -> DeviceFacts | None: ...
+
+
+class _HoldAndDevice(NamedTuple):
+    payments_hold_until: datetime | None
+    device: DeviceFacts | None
+
+
+class DeviceColumns(NamedTuple):
+    """A device's state columns read alone (``DeviceFacts``)."""
+
+    trust: str
+    revoked_at: datetime | None
+    first_seen_at: datetime
+    cooling_off_until: datetime | None
+
+
+# The device's columns in ``DeviceColumns``' order, for a statement that reads them beside others.
+DEVICE_COLUMNS = (Device.trust, Device.revoked_at, Device.first_seen_at, Device.cooling_off_until)
+
+_HOLD_AND_DEVICE = (
+    select(Holder.payments_hold_until, *DEVICE_COLUMNS)
+    .select_from(Device)
+    .join(Holder, Holder.id == Device.holder_id)
+    .where(Device.id == bindparam("device_id"), Device.holder_id == bindparam("holder_id"))
+)
 
 
 def cooling_off_daily_cap_fen(db: Session, env: Container, principal: Principal) -> int | None:
@@ -330,11 +359,31 @@ def cooling_off_daily_cap_fen(db: Session, env: Container, principal: Principal)
 
     0 while the account is in its post-recovery payment hold, whichever device pays.
     """
-    if env.settings.controls.cooling_off and payments_hold_until(db, env, principal.holder_id):
+    db.flush()  # a Core read: what this unit of work changed so far is written first
+    found = core(db).execute(
+        _HOLD_AND_DEVICE, {"holder_id": principal.holder_id, "device_id": principal.device_id}
+    )
+    row = found.first()
+    if row is None:
+        return daily_cap_of(env, _HoldAndDevice(None, None))
+    return daily_cap_of(env, _HoldAndDevice(row[0], DeviceColumns._make(row[1:])))
+
+
+def daily_cap_of(env: Container, payer: PayerFacts) -> int | None:
+    """``cooling_off_daily_cap_fen`` of facts already read (the movement's payment password
+    read them, one statement fewer before every movement)."""
+    device = payer.device
+    if device is None:
+        # Authentication already proved the session's device; this is a programming error.
+        raise DeviceNotVerified()
+    now = env.clock.now()
+    settings = env.settings
+    hold_until = payer.payments_hold_until
+    if settings.controls.cooling_off and hold_until is not None and hold_until > now:
         return 0
-    state = state_of(db, env, principal)
+    state = device_state(device, now, settings.controls, settings.cooling_off_hours)
     if state == DeviceState.NEW:
         return 0
     if state == DeviceState.COOLING_OFF:
-        return env.settings.cooling_off_daily_cap_fen
+        return settings.cooling_off_daily_cap_fen
     return None

@@ -184,8 +184,15 @@ def alert_recipient(db: Session, env: Container, holder_id: uuid.UUID) -> alerts
     holder = db.get(Holder, holder_id)
     if holder is None:
         return alerts.Recipient(holder_id, None)
-    phone = env.cipher.decrypt(holder.phone_enc, context="holders.phone")
-    return alerts.Recipient(holder_id, phone, "en" if holder.language == "en" else "zh-CN")
+    return recipient_from(env, holder_id, holder.phone_enc, holder.language)
+
+
+def recipient_from(
+    env: Container, holder_id: uuid.UUID, phone_enc: str, language: str
+) -> alerts.Recipient:
+    """The alert recipient of a holder's stored columns (a caller that read them already)."""
+    phone = env.cipher.decrypt(phone_enc, context="holders.phone")
+    return alerts.Recipient(holder_id, phone, "en" if language == "en" else "zh-CN")
 
 
 def token_of(url: str) -> str:

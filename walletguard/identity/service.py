@@ -12,24 +12,26 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from walletguard.alerts import service as alerts
 from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
 from walletguard.identity import guards
 from walletguard.identity.guards import DeviceState, SensitiveAction
-from walletguard.identity.links import announce
+from walletguard.identity.links import announce, recipient_from
 from walletguard.identity.models import Device, Holder, LoginSession, PendingRegistration
 from walletguard.identity.password_policy import PersonalContext, check_login_password
 from walletguard.identity.phone import parse_mobile
 from walletguard.identity.pin_policy import check_payment_pin
 from walletguard.identity.resident_id import InvalidResidentId, parse_resident_id
 from walletguard.kit.crypto import hash_token
-from walletguard.kit.db import keep
+from walletguard.kit.db import core
 from walletguard.kit.errors import (
     InvalidInput,
     NotAuthenticated,
@@ -43,12 +45,76 @@ from walletguard.messages.service import PHONE_CONTEXT, PhoneInbox
 
 SENDER = "walletguard"
 
-# Every authenticated request runs it: built once (its cache key is not worked out anew).
+# Every authenticated request runs it: built once (its cache key is not worked out anew), and
+# read as columns (``kit.db.core``), not as entities: loading a LoginSession and a Device into
+# the ORM cost more than the rest of authentication. A step that needs the entities loads them.
 _SESSION_BY_TOKEN = (
-    select(LoginSession, Device)
+    select(
+        LoginSession.id,
+        LoginSession.holder_id,
+        LoginSession.revoked_at,
+        LoginSession.expires_at,
+        LoginSession.last_used_at,
+        Device.id,
+        Device.revoked_at,
+        Device.trust,
+        Device.first_seen_at,
+        Device.cooling_off_until,
+    )
     .join(Device, Device.id == LoginSession.device_id)
     .where(LoginSession.token_hash == bindparam("token_hash"))
 )
+_TOUCH_SESSION = (
+    update(LoginSession)
+    .where(LoginSession.id == bindparam("session_id"))
+    .values(last_used_at=bindparam("now"))
+)
+_TOUCH_DEVICE = (
+    update(Device)
+    .where(Device.id == bindparam("device_id"))
+    .values(last_seen_at=bindparam("now"), last_seen_ip=bindparam("ip"))
+)
+# What a movement's payment password is checked against, in one read: the PIN hash, whom the
+# movement's alert goes to, and what its cooling-off cap is computed from (the holder's payment
+# hold, the paying device's state columns: ``guards.daily_cap_of``).
+_PAYER = (
+    select(
+        Holder.payment_pin_hash,
+        Holder.phone_enc,
+        Holder.language,
+        Holder.payments_hold_until,
+        Device.id,
+        *guards.DEVICE_COLUMNS,
+    )
+    .select_from(Holder)
+    .outerjoin(Device, and_(Device.id == bindparam("device_id"), Device.holder_id == Holder.id))
+    .where(Holder.id == bindparam("holder_id"))
+)
+
+
+@dataclass(frozen=True)
+class Payer:
+    """The holder a payment password authorised: whom the movement's alert goes to, and what
+    its cooling-off cap is computed from (``guards.PayerFacts``)."""
+
+    recipient: alerts.Recipient
+    payments_hold_until: datetime | None
+    device: guards.DeviceFacts | None  # None: not a device of the holder's
+
+
+class _SessionDevice(NamedTuple):
+    """The authenticating session and its device, the columns authentication decides on."""
+
+    session_id: uuid.UUID
+    holder_id: uuid.UUID
+    session_revoked_at: datetime | None
+    expires_at: datetime
+    last_used_at: datetime
+    device_id: uuid.UUID
+    revoked_at: datetime | None
+    trust: str
+    first_seen_at: datetime
+    cooling_off_until: datetime | None
 
 
 class InvalidCredentials(WalletguardError):
@@ -516,34 +582,34 @@ class IdentityService:
 
     def authenticate(self, session_token: str, ip: str | None) -> Principal:
         now = self.clock.now()
-        row = self.db.execute(_SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)}).first()
-        if row is None:
+        self.db.flush()  # a Core read: what this unit of work changed so far is written first
+        rows = core(self.db).execute(_SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)})
+        found = rows.first()
+        if found is None:
             raise NotAuthenticated()
-        session, device = row
-        # The request's later steps read the device (its trust) and the session again.
-        keep(self.db, session, device)
+        row = _SessionDevice._make(found)
         idle_limit = timedelta(days=self.settings.session_idle_days)
         if (
-            session.revoked_at is not None
-            or device.revoked_at is not None
-            or session.expires_at <= now
-            or session.last_used_at + idle_limit <= now
+            row.session_revoked_at is not None
+            or row.revoked_at is not None
+            or row.expires_at <= now
+            or row.last_used_at + idle_limit <= now
         ):
             raise NotAuthenticated()
         # Touch at most once a minute: a write per request would serialise every reader.
-        if now - session.last_used_at > timedelta(minutes=1):
-            session.last_used_at = now
-            device.last_seen_at = now
-            device.last_seen_ip = ip
+        if now - row.last_used_at > timedelta(minutes=1):
+            touch = core(self.db)
+            touch.execute(_TOUCH_SESSION, {"session_id": row.session_id, "now": now})
+            touch.execute(_TOUCH_DEVICE, {"device_id": row.device_id, "now": now, "ip": ip})
         return Principal(
-            holder_id=session.holder_id,
-            session_id=session.id,
-            device_id=device.id,
-            device_trust=self.state_of_device(device),
+            holder_id=row.holder_id,
+            session_id=row.session_id,
+            device_id=row.device_id,
+            device_trust=self.state_of_device(row),
             ip=ip,
         )
 
-    def state_of_device(self, device: Device) -> str:
+    def state_of_device(self, device: guards.DeviceFacts) -> str:
         return guards.device_state(
             device, self.clock.now(), self.settings.controls, self.settings.cooling_off_hours
         )
@@ -815,20 +881,27 @@ class IdentityService:
             data={"credential": credential, "via": via},
         )
 
-    def verify_payment_password(self, principal: Principal, pin: str) -> Holder:
+    def verify_payment_password(self, principal: Principal, pin: str) -> Payer:
         """Authorise a payment: 5 wrong tries lock payments, each lock twice the last.
 
         The holder's PIN counter is locked before the PIN is checked (``AttemptCounters.hold``):
         parallel guesses wait for each other, and each sees the count the one before it left. A
         wrong PIN is counted before its refusal commits. A PIN still stored as Argon2id (set
         before payment passwords became keyed hashes) is checked as such and, when right,
-        stored again in the current format. Returns the holder (callers reuse the row)."""
-        holder = self._holder(principal.holder_id)
-        # The movement it authorises reads the holder again (the alert's recipient).
-        keep(self.db, holder)
-        if holder.payment_pin_hash is None:
+        stored again in the current format. Returns the ``Payer``, read with the PIN: the
+        movement it authorises does not read the holder or the device again."""
+        self.db.flush()  # a Core read (see authenticate)
+        found = core(self.db).execute(
+            _PAYER, {"holder_id": principal.holder_id, "device_id": principal.device_id}
+        )
+        holder = found.first()
+        if holder is None:
+            raise NotFound("identity.holder.not_found")
+        stored: str | None = holder.payment_pin_hash
+        if stored is None:
             raise PaymentPasswordNotSet("identity.pin.not_set")
-        key = f"pin:{holder.id}"
+        holder_id = principal.holder_id
+        key = f"pin:{holder_id}"
         max_failures = self.settings.pin_max_failures
         base = timedelta(minutes=self.settings.pin_lock_minutes)
 
@@ -846,7 +919,6 @@ class IdentityService:
                 minutes=max(1, -(-wait // 60)),
             )
         pins = self.env.pin_hasher
-        stored = holder.payment_pin_hash
         legacy = not pins.is_current(stored)
         right = self._verify_password(stored, pin) if legacy else pins.verify(stored, pin)
         if not right:
@@ -855,7 +927,7 @@ class IdentityService:
                 self.db,
                 self.clock,
                 "payment_password.failed",
-                holder_id=holder.id,
+                holder_id=holder_id,
                 device_id=principal.device_id,
                 ip=principal.ip,
                 data={"consecutive_failures": failures},
@@ -864,7 +936,14 @@ class IdentityService:
                 "identity.pin.wrong", remaining=max(0, max_failures - failures)
             )
         if legacy:
-            holder.payment_pin_hash = pins.hash(pin)
+            self.db.execute(
+                update(Holder).where(Holder.id == holder_id).values(payment_pin_hash=pins.hash(pin))
+            )
         if held.failures or held.locked_until is not None:
             self.counters.reset(key)
-        return holder
+        device = None if holder[4] is None else guards.DeviceColumns._make(holder[5:])
+        return Payer(
+            recipient_from(self.env, holder_id, holder.phone_enc, holder.language),
+            holder.payments_hold_until,
+            device,
+        )

@@ -429,21 +429,6 @@ def _prepare(statement: Executable, dialect: Dialect) -> _Prepared | None:
     return prepared
 
 
-_KEPT = "walletguard.kept"
-
-
-def keep(session: Session, *objects: object) -> None:
-    """Hold these loaded rows in the session until its transaction ends.
-
-    The session's identity map refers to unmodified objects weakly: a row loaded by one step of
-    a request (the session's device at authentication) is dropped when that step returns, and
-    the next ``Session.get`` of it goes back to the database. A request's steps that read the
-    same row (the device's trust for the cooling-off cap, the holder for the alert) keep it.
-    """
-    kept: list[object] = session.info.setdefault(_KEPT, [])
-    kept.extend(objects)
-
-
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -541,4 +526,3 @@ def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> Non
     if transaction.parent is None:
         for queue in CommitQueue._queues:
             session.info.pop(queue.key, None)
-        session.info.pop(_KEPT, None)

@@ -53,7 +53,7 @@ from walletguard.identity import guards
 from walletguard.identity.guards import SensitiveAction
 from walletguard.identity.links import alert_recipient, not_me_url
 from walletguard.identity.phone import mask_phone, parse_mobile
-from walletguard.identity.service import IdentityService, Principal
+from walletguard.identity.service import IdentityService, Payer, Principal
 from walletguard.kit.errors import (
     Conflict,
     InvalidInput,
@@ -374,6 +374,9 @@ class WalletService:
         # What the wallet-state lock read for the movement about to be judged (see
         # _lock_open_wallet), taken by _judge_movement.
         self._facts_at_lock: dict[uuid.UUID, repository.MovementFacts] = {}
+        # What the payment password of the movement being made read (see _authorise): its
+        # cooling-off cap (_guard_movement) and whom its alert goes to (_alert_movement).
+        self._payers: dict[uuid.UUID, Payer] = {}
 
     # -- device trust ----------------------------------------------------------------------
 
@@ -390,7 +393,11 @@ class WalletService:
         the post-recovery payment hold, whichever device asks (control ``cooling_off``)."""
         if kind not in HOLDER_COUNTED_KINDS:
             return
-        cap = guards.cooling_off_daily_cap_fen(self.db, self.env, principal)
+        payer = self._payers.get(principal.holder_id)
+        if payer is not None:
+            cap = guards.daily_cap_of(self.env, payer)
+        else:
+            cap = guards.cooling_off_daily_cap_fen(self.db, self.env, principal)
         if cap is None:
             return
         spent = repository.spent_since(
@@ -518,7 +525,11 @@ class WalletService:
             link = not_me_url(
                 self.env, holder_id=txn.holder_id, device_id=txn.device_id, event=event
             )
-        recipient = alert_recipient(self.db, self.env, txn.holder_id)
+        payer = self._payers.pop(txn.holder_id, None)
+        if payer is not None:
+            recipient = payer.recipient
+        else:
+            recipient = alert_recipient(self.db, self.env, txn.holder_id)
         alerts.movement_alert(self.db, self.env, recipient, event, facts, not_me_url=link)
         counterparty = txn.counterparty_holder_id
         if counterparty is None:
@@ -617,7 +628,9 @@ class WalletService:
         posted under: one read of the kill switch, and nothing can close the wallet between
         this check and the posting."""
         self._lock_open_wallet(principal.holder_id)
-        IdentityService(self.db, self.env).verify_payment_password(principal, payment_password)
+        identity = IdentityService(self.db, self.env)
+        payer = identity.verify_payment_password(principal, payment_password)
+        self._payers[principal.holder_id] = payer
 
     def _new_movement(
         self,
