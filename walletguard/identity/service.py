@@ -31,7 +31,7 @@ from walletguard.identity.phone import parse_mobile
 from walletguard.identity.pin_policy import check_payment_pin
 from walletguard.identity.resident_id import InvalidResidentId, parse_resident_id
 from walletguard.kit.crypto import hash_token
-from walletguard.kit.db import core
+from walletguard.kit.db import core, is_postgres
 from walletguard.kit.errors import (
     InvalidInput,
     NotAuthenticated,
@@ -40,7 +40,7 @@ from walletguard.kit.errors import (
     WalletguardError,
 )
 from walletguard.kit.i18n import text
-from walletguard.kit.ratelimit import AttemptCounters, LockSchedule
+from walletguard.kit.ratelimit import AttemptCounters, Held, LockSchedule, held_counter
 from walletguard.messages.service import PHONE_CONTEXT, PhoneInbox
 
 SENDER = "walletguard"
@@ -90,6 +90,35 @@ _PAYER = (
     .outerjoin(Device, and_(Device.id == bindparam("device_id"), Device.holder_id == Holder.id))
     .where(Holder.id == bindparam("holder_id"))
 )
+
+# On PostgreSQL with the PIN's attempt counter held in the same statement (``held_counter``:
+# created or locked as ``AttemptCounters.hold`` does), its three columns first.
+_HELD_PIN = held_counter()
+_PAYER_HELD = (
+    select(
+        _HELD_PIN.c.failures,
+        _HELD_PIN.c.locked_until,
+        _HELD_PIN.c.lock_count,
+        *_PAYER.selected_columns,
+    )
+    .select_from(_HELD_PIN)
+    .join(Holder, Holder.id == bindparam("holder_id"))
+    .outerjoin(Device, and_(Device.id == bindparam("device_id"), Device.holder_id == Holder.id))
+)
+
+
+class _PayerRow(NamedTuple):
+    """A row of ``_PAYER`` (or the holder's part of ``_PAYER_HELD``)."""
+
+    payment_pin_hash: str | None
+    phone_enc: str
+    language: str
+    payments_hold_until: datetime | None
+    device_id: uuid.UUID | None
+    trust: str | None
+    revoked_at: datetime | None
+    first_seen_at: datetime | None
+    cooling_off_until: datetime | None
 
 
 @dataclass(frozen=True)
@@ -890,18 +919,32 @@ class IdentityService:
         before payment passwords became keyed hashes) is checked as such and, when right,
         stored again in the current format. Returns the ``Payer``, read with the PIN: the
         movement it authorises does not read the holder or the device again."""
-        self.db.flush()  # a Core read (see authenticate)
-        found = core(self.db).execute(
-            _PAYER, {"holder_id": principal.holder_id, "device_id": principal.device_id}
-        )
-        holder = found.first()
-        if holder is None:
-            raise NotFound("identity.holder.not_found")
-        stored: str | None = holder.payment_pin_hash
-        if stored is None:
-            raise PaymentPasswordNotSet("identity.pin.not_set")
         holder_id = principal.holder_id
         key = f"pin:{holder_id}"
+        now = self.clock.now()
+        params = {
+            "holder_id": holder_id,
+            "device_id": principal.device_id,
+            "counter_key": key,
+            "at": now,
+        }
+        self.db.flush()  # a Core read (see authenticate)
+        held: Held | None = None
+        if is_postgres(self.db):
+            # The PIN counter held and the holder read in one statement; a holder without a
+            # PIN (or none at all) is refused below and the hold rolled back with the refusal.
+            found = core(self.db).execute(_PAYER_HELD, params).first()
+            if found is not None:
+                held = self.counters.held(key, now, found[0], found[1], found[2])
+                found = found[3:]
+        else:
+            found = core(self.db).execute(_PAYER, params).first()
+        if found is None:
+            raise NotFound("identity.holder.not_found")
+        holder = _PayerRow._make(found)
+        stored = holder.payment_pin_hash
+        if stored is None:
+            raise PaymentPasswordNotSet("identity.pin.not_set")
         max_failures = self.settings.pin_max_failures
         base = timedelta(minutes=self.settings.pin_lock_minutes)
 
@@ -910,7 +953,8 @@ class IdentityService:
                 return None
             return min(base * (1 << min(previous_locks, 12)), timedelta(days=7))
 
-        held = self.counters.hold(key)
+        if held is None:
+            held = self.counters.hold(key)
         if (wait := held.retry_after_s) > 0:
             raise PaymentsLocked(
                 "identity.pin.locked",
@@ -941,7 +985,7 @@ class IdentityService:
             )
         if held.failures or held.locked_until is not None:
             self.counters.reset(key)
-        device = None if holder[4] is None else guards.DeviceColumns._make(holder[5:])
+        device = None if holder.device_id is None else guards.DeviceColumns._make(holder[5:])
         return Payer(
             recipient_from(self.env, holder_id, holder.phone_enc, holder.language),
             holder.payments_hold_until,
