@@ -56,10 +56,7 @@ _SESSION_BY_TOKEN = (
         LoginSession.expires_at,
         LoginSession.last_used_at,
         Device.id,
-        Device.revoked_at,
-        Device.trust,
-        Device.first_seen_at,
-        Device.cooling_off_until,
+        *guards.DEVICE_COLUMNS,
     )
     .join(Device, Device.id == LoginSession.device_id)
     .where(LoginSession.token_hash == bindparam("token_hash"))
@@ -140,8 +137,8 @@ class _SessionDevice(NamedTuple):
     expires_at: datetime
     last_used_at: datetime
     device_id: uuid.UUID
+    trust: str  # the device's guards.DEVICE_COLUMNS, in their order
     revoked_at: datetime | None
-    trust: str
     first_seen_at: datetime
     cooling_off_until: datetime | None
 

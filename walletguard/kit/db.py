@@ -223,7 +223,7 @@ def core(session: Session) -> Core:
 
     ``Session.execute`` runs even a Core statement through the ORM's execution path (events,
     compile-state plugins, bind lookup): about 0.15 ms of CPU a statement on PostgreSQL, as much
-    as the driver itself. The hot paths (a payment sends 18 statements) execute their
+    as the driver itself. The hot paths (a payment sends 17 statements) execute their
     table statements here instead. Nothing changes but the cost: the statement runs in the
     session's transaction, and, like any Core statement, does not autoflush; statements on ORM
     entities (which load objects or must see the session's pending changes) stay on the session.

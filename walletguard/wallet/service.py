@@ -374,8 +374,8 @@ class WalletService:
         # What the wallet-state lock read for the movement about to be judged (see
         # _lock_open_wallet), taken by _judge_movement.
         self._facts_at_lock: dict[uuid.UUID, repository.MovementFacts] = {}
-        # What the payment password of the movement being made read (see _authorise): its
-        # cooling-off cap (_guard_movement) and whom its alert goes to (_alert_movement).
+        # Whom the alert of the movement being made goes to, as its payment password read it
+        # (see _authorise), taken by _alert_movement.
         self._payers: dict[uuid.UUID, Payer] = {}
 
     # -- device trust ----------------------------------------------------------------------
@@ -387,17 +387,15 @@ class WalletService:
         guards.require_past_cooling_off(self.db, self.env, principal, action)
         guards.require_step_up(self.db, self.env, principal, action)
 
-    def _guard_movement(self, principal: Principal, kind: str, amount_fen: int) -> None:
+    def _guard_movement(
+        self, principal: Principal, payer: Payer, kind: str, amount_fen: int
+    ) -> None:
         """A device cooling off moves at most the cap out of the wallet a day (payments,
         transfers, withdrawals since local midnight, from this device); nothing leaves during
         the post-recovery payment hold, whichever device asks (control ``cooling_off``)."""
         if kind not in HOLDER_COUNTED_KINDS:
             return
-        payer = self._payers.get(principal.holder_id)
-        if payer is not None:
-            cap = guards.daily_cap_of(self.env, payer)
-        else:
-            cap = guards.cooling_off_daily_cap_fen(self.db, self.env, principal)
+        cap = guards.daily_cap_of(self.env, payer)
         if cap is None:
             return
         spent = repository.spent_since(
@@ -621,16 +619,18 @@ class WalletService:
         self.void_expired_holds(holder_id)
         return state
 
-    def _authorise(self, principal: Principal, payment_password: str) -> None:
+    def _authorise(self, principal: Principal, payment_password: str) -> Payer:
         """Steps 1-2 of a new movement: lock the wallet state and refuse a closed wallet before
         the payment password is looked at (a closed wallet is no oracle for guessing it), then
         verify the payment password. The lock is the one the movement is then judged and
         posted under: one read of the kill switch, and nothing can close the wallet between
-        this check and the posting."""
+        this check and the posting. Returns what the payment password read of the payer (the
+        movement's cooling-off cap is computed from it, ``_guard_movement``)."""
         self._lock_open_wallet(principal.holder_id)
         identity = IdentityService(self.db, self.env)
         payer = identity.verify_payment_password(principal, payment_password)
         self._payers[principal.holder_id] = payer
+        return payer
 
     def _new_movement(
         self,
@@ -1006,14 +1006,14 @@ class WalletService:
         idem: IdempotentRequest | None = None,
     ) -> LedgerTransaction | StoredResponse:
         """Card → balance. Pending until the holder types the bank's dynamic password."""
-        self._authorise(principal, payment_password)
+        authorised = self._authorise(principal, payment_password)
         card = self._bound_card(principal.holder_id, card_id)
         if idem is not None and (stored := idem.claim()) is not None:
             return stored
         source = self.ledger.settlement_account(card.bank_code)
         target = self.ledger.holder_account(principal.holder_id)
         self._judge_movement(principal, TOP_UP, amount_fen, card)
-        self._guard_movement(principal, TOP_UP, amount_fen)
+        self._guard_movement(principal, authorised, TOP_UP, amount_fen)
         risk = self._risk_decision(principal, TOP_UP, amount_fen, card, None, source="card")
         txn = self._new_movement(
             principal,
@@ -1039,14 +1039,14 @@ class WalletService:
         idem: IdempotentRequest | None = None,
     ) -> LedgerTransaction | StoredResponse:
         """Balance → card: held on the balance, credited by the bank, then posted."""
-        self._authorise(principal, payment_password)
+        authorised = self._authorise(principal, payment_password)
         card = self._bound_card(principal.holder_id, card_id)
         if idem is not None and (stored := idem.claim()) is not None:
             return stored
         source = self.ledger.holder_account(principal.holder_id)
         target = self.ledger.settlement_account(card.bank_code)
         facts = self._judge_movement(principal, WITHDRAW, amount_fen, None)
-        self._guard_movement(principal, WITHDRAW, amount_fen)
+        self._guard_movement(principal, authorised, WITHDRAW, amount_fen)
         risk = self._risk_decision(
             principal, WITHDRAW, amount_fen, card, None, available_fen=facts.available_fen
         )
@@ -1083,12 +1083,12 @@ class WalletService:
     ) -> LedgerTransaction | StoredResponse:
         """Pay a merchant from the balance (posted at once) or from a card (pending until the
         bank's dynamic password)."""
-        self._authorise(principal, payment_password)
+        authorised = self._authorise(principal, payment_password)
         card = self._bound_card(principal.holder_id, card_id) if card_id else None
         if idem is not None and (stored := idem.claim()) is not None:
             return stored
         facts = self._judge_movement(principal, PAYMENT, amount_fen, card)
-        self._guard_movement(principal, PAYMENT, amount_fen)
+        self._guard_movement(principal, authorised, PAYMENT, amount_fen)
         risk = self._risk_decision(
             principal,
             PAYMENT,
@@ -1142,7 +1142,7 @@ class WalletService:
         except InvalidInput as exc:
             exc.extensions["field"] = "to_phone"
             raise
-        self._authorise(principal, payment_password)
+        authorised = self._authorise(principal, payment_password)
         card = self._bound_card(principal.holder_id, card_id) if card_id else None
         identity = IdentityService(self.db, self.env)
         # Identity exposes no public lookup by number yet; this is its own, read-only.
@@ -1166,7 +1166,7 @@ class WalletService:
         sender_phone = identity.profile(principal.holder_id).phone
         payee = mask_phone(recipient_phone)
         facts = self._judge_movement(principal, TRANSFER, amount_fen, card)
-        self._guard_movement(principal, TRANSFER, amount_fen)
+        self._guard_movement(principal, authorised, TRANSFER, amount_fen)
         risk = self._risk_decision(
             principal,
             TRANSFER,
