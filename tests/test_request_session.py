@@ -1,6 +1,8 @@
-"""The request's unit of work (``kit.http.DbSession``): made on the event loop, ended on a
-thread — committed when the endpoint returns, refusals that keep their writes committed, other
-errors and failed commits rolled back, and the connection always given back."""
+"""The request's unit of work, both ways an endpoint gets one: ``kit.http.DbSession`` (made on
+the event loop, ended on a thread) and ``kit.http.in_one_unit_of_work`` (the money endpoints:
+begun, run and ended on one thread) — committed when the endpoint's work returns, refusals that
+keep their writes committed, other errors and failed commits rolled back, and the connection
+always given back."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from walletguard.app import create_app
 from walletguard.bootstrap import Container
 from walletguard.kit.db import unit_of_work
 from walletguard.kit.errors import Conflict, TooManyAttempts
-from walletguard.kit.http import DbSession
+from walletguard.kit.http import DbSession, in_one_unit_of_work
 from walletguard.kit.ratelimit import AttemptCounter
 
 
@@ -55,7 +57,27 @@ def app(container: Container) -> FastAPI:
         event.listen(db, "before_commit", refuse)
         return {"key": key}
 
+    # The same four, as a money endpoint runs its work.
+    @app.post("/test/one-hop/rows/{key}")
+    async def written_in_one_hop(key: str) -> dict[str, str]:
+        return await in_one_unit_of_work(container.sessions, lambda db: written(key, db))
+
+    @app.post("/test/one-hop/kept/{key}")
+    async def kept_in_one_hop(key: str) -> None:
+        await in_one_unit_of_work(container.sessions, lambda db: refused_but_kept(key, db))
+
+    @app.post("/test/one-hop/refused/{key}")
+    async def refused_in_one_hop(key: str) -> None:
+        await in_one_unit_of_work(container.sessions, lambda db: refused(key, db))
+
+    @app.post("/test/one-hop/commit-fails/{key}")
+    async def commit_fails_in_one_hop(key: str) -> dict[str, str]:
+        return await in_one_unit_of_work(container.sessions, lambda db: commit_fails(key, db))
+
     return app
+
+
+WAYS = pytest.mark.parametrize("way", ["", "one-hop/"], ids=["DbSession", "in_one_unit_of_work"])
 
 
 @pytest.fixture
@@ -69,39 +91,48 @@ def _stored(container: Container, key: str) -> bool:
         return db.scalar(select(AttemptCounter.key).where(AttemptCounter.key == key)) is not None
 
 
+@WAYS
 def test_what_the_endpoint_wrote_is_committed_before_the_answer(
-    http: TestClient, container: Container
+    http: TestClient, container: Container, way: str
 ) -> None:
     key = f"t:{uuid.uuid4()}"
-    assert http.post(f"/test/rows/{key}").status_code == 200
+    assert http.post(f"/test/{way}rows/{key}").status_code == 200
     assert _stored(container, key)
 
 
+@WAYS
 def test_a_refusal_that_keeps_its_writes_is_committed(
-    http: TestClient, container: Container
+    http: TestClient, container: Container, way: str
 ) -> None:
     key = f"t:{uuid.uuid4()}"
-    response = http.post(f"/test/kept/{key}")
+    response = http.post(f"/test/{way}kept/{key}")
     assert response.status_code == 429
     assert response.headers["content-type"].startswith("application/problem+json")
     assert _stored(container, key)
 
 
-def test_any_other_refusal_is_rolled_back(http: TestClient, container: Container) -> None:
+@WAYS
+def test_any_other_refusal_is_rolled_back(http: TestClient, container: Container, way: str) -> None:
     key = f"t:{uuid.uuid4()}"
-    assert http.post(f"/test/refused/{key}").status_code == 409
+    assert http.post(f"/test/{way}refused/{key}").status_code == 409
     assert not _stored(container, key)
 
 
-def test_a_failed_commit_is_an_error_not_a_success(http: TestClient, container: Container) -> None:
+@WAYS
+def test_a_failed_commit_is_an_error_not_a_success(
+    http: TestClient, container: Container, way: str
+) -> None:
     key = f"t:{uuid.uuid4()}"
-    response = http.post(f"/test/commit-fails/{key}")
+    response = http.post(f"/test/{way}commit-fails/{key}")
     assert response.status_code == 500
     assert not _stored(container, key)
 
 
-def test_every_request_gives_its_connection_back(http: TestClient, container: Container) -> None:
+@WAYS
+def test_every_request_gives_its_connection_back(
+    http: TestClient, container: Container, way: str
+) -> None:
     for path in ("rows", "kept", "refused", "commit-fails"):
-        http.post(f"/test/{path}/t:{uuid.uuid4()}")
+        http.post(f"/test/{way}{path}/t:{uuid.uuid4()}")
     pool: Any = container.engine.pool
     assert pool.checkedout() == 0

@@ -165,6 +165,10 @@ def _call(client: TestClient, call: Call, world: World, auth: dict[str, str]) ->
 def test_callers(client: TestClient, world: World, name: str) -> None:
     call = CALLS[name]
     assert_problem(_call(client, call, world, {}), 401, "not-authenticated")
+    # A token that is no session: refused by the money endpoints too, which check it on the
+    # thread that runs their unit of work rather than in a dependency of its own.
+    not_a_session = {"authorization": "Bearer not-a-session"}
+    assert_problem(_call(client, call, world, not_a_session), 401, "not-authenticated")
     assert_problem(_call(client, call, world, world.new_device_auth), 403, "device-not-verified")
     other = _call(client, call, world, world.other.auth)
     assert other.status_code == call.other_status, other.text

@@ -3,20 +3,21 @@
 The dependencies here that do no I/O are ``async``: FastAPI runs a plain ``def`` dependency on
 a worker thread, and every such hop (hand the call to a thread, wake the event loop with the
 result) costs CPU and a turn at the GIL, several times a request. Only what talks to the
-database (authentication, the endpoint, the end of the unit of work) runs on threads.
+database (authentication, the endpoint, the end of the unit of work) runs on threads; the money
+endpoints run all three in one hop (``in_one_unit_of_work``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from walletguard.kit.db import end_unit_of_work
+from walletguard.kit.db import end_unit_of_work, unit_of_work
 from walletguard.kit.errors import request_language
 from walletguard.kit.i18n import Language
 
@@ -48,6 +49,30 @@ async def _db_session(request: Request) -> AsyncIterator[Session]:
 
 
 DbSession = Annotated[Session, Depends(_db_session, scope="function")]
+
+T = TypeVar("T")
+
+
+async def in_one_unit_of_work(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """``work`` in a unit of work of its own (``kit.db.unit_of_work``: begun, committed or, on
+    error, rolled back, and closed), the whole of it on one worker thread.
+
+    For the money endpoints, the busiest: a ``def`` endpoint taking ``DbSession`` and the
+    ``def`` authentication dependency is three hops to worker threads (authenticate, the
+    endpoint, the end of the unit of work), and under load the hops and the threads' turns at
+    the GIL cost a payment more CPU than its SQL statements did (``bench/bench_payments.py``:
+    docs/architecture.md, "Hot paths"). Such an endpoint is ``async``, its dependencies do no
+    I/O, and it hands its authentication, its work and its commit to this one call. If the
+    client goes away the thread is not abandoned: the unit of work ends, committed or rolled
+    back, before the request sees the cancellation. A failed commit raises here, so it is an
+    error response, never a success that did not happen.
+    """
+    return await anyio.to_thread.run_sync(_run_unit_of_work, sessions, work)
+
+
+def _run_unit_of_work(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    with unit_of_work(sessions) as session:
+        return work(session)
 
 
 def client_ip(request: Request) -> str | None:

@@ -19,10 +19,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from walletguard.bootstrap import Container, Env
-from walletguard.identity.auth import CurrentHolder
+from walletguard.identity.auth import CurrentHolder, HolderCredentials, SessionCredentials
 from walletguard.identity.service import Principal
 from walletguard.kit.errors import WalletguardError
-from walletguard.kit.http import DbSession, Lang
+from walletguard.kit.http import DbSession, Lang, in_one_unit_of_work
 from walletguard.kit.i18n import Language, text
 from walletguard.kit.money import format_yuan_plain
 from walletguard.kit.pagination import PageParams, Pagination, page_params
@@ -100,13 +100,17 @@ def movement_out(
     )
 
 
+# What a movement's run gives (a movement, or the stored response of an earlier one), and how
+# the movement is answered (status, body).
+Outcome = LedgerTransaction | StoredResponse
+Render = Callable[[LedgerTransaction], tuple[int, dict[str, Any]]]
+
+
 def _last4_of(service: WalletService, txns: list[LedgerTransaction]) -> dict[uuid.UUID, str]:
     return service.card_last4({t.card_id for t in txns if t.card_id is not None})
 
 
-def _rendered_movement(
-    service: WalletService, principal: Principal, lang: Language
-) -> Callable[[LedgerTransaction], tuple[int, dict[str, Any]]]:
+def _rendered_movement(service: WalletService, principal: Principal, lang: Language) -> Render:
     def render(txn: LedgerTransaction) -> tuple[int, dict[str, Any]]:
         last4 = _last4_of(service, [txn])
         out = movement_out(txn, principal.holder_id, last4)
@@ -140,8 +144,8 @@ def _idempotent(
     key: str | None,
     operation: str,
     request: dict[str, Any],
-    run: Callable[[IdempotentRequest], LedgerTransaction | StoredResponse],
-    render: Callable[[LedgerTransaction], tuple[int, dict[str, Any]]],
+    run: Callable[[IdempotentRequest], Outcome],
+    render: Render,
 ) -> JSONResponse:
     call = IdempotentRequest(db, env, principal.holder_id, key, operation, request)
     # The key first: a retry gets the first response (nothing else checked or written), and
@@ -288,36 +292,72 @@ def unbind_card(card_id: uuid.UUID, principal: CurrentHolder, db: DbSession, env
 # -- movements -------------------------------------------------------------------------------
 
 
+async def _movement(
+    env: Container,
+    holder: SessionCredentials,
+    key: str | None,
+    operation: str,
+    request: dict[str, Any],
+    run: Callable[[WalletService, Principal, IdempotentRequest], Outcome],
+    rendered: Callable[[WalletService, Principal], Render],
+) -> JSONResponse:
+    """A money request, authenticated, run and committed in one unit of work on one worker
+    thread (``kit.http.in_one_unit_of_work``): every movement endpoint is this."""
+
+    def work(db: Session) -> JSONResponse:
+        principal = holder.holder(db, env)
+        service = WalletService(db, env)
+        return _idempotent(
+            db,
+            env,
+            principal,
+            key,
+            operation,
+            request,
+            lambda idem: run(service, principal, idem),
+            rendered(service, principal),
+        )
+
+    return await in_one_unit_of_work(env.sessions, work)
+
+
+def _rendered_as_is(service: WalletService, principal: Principal) -> Render:
+    """A movement confirmed or cancelled: 200 and the movement as it now is."""
+
+    def render(txn: LedgerTransaction) -> tuple[int, dict[str, Any]]:
+        out = movement_out(txn, principal.holder_id, _last4_of(service, [txn]))
+        return status.HTTP_200_OK, out.model_dump(mode="json")
+
+    return render
+
+
 @router.post(
     "/top-ups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=schemas.MovementAccepted,
     summary="Top up the balance from a bound card (confirmed by the bank's dynamic password)",
 )
-def top_up(
+async def top_up(
     body: schemas.TopUpIn,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     lang: Lang,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "top_up",
         schemas.movement_request(body),
-        lambda idem: service.top_up(
+        lambda service, principal, idem: service.top_up(
             principal,
             card_id=body.card_id,
             amount_fen=body.amount,
             payment_password=body.payment_password,
             idem=idem,
         ),
-        _rendered_movement(service, principal, lang),
+        lambda service, principal: _rendered_movement(service, principal, lang),
     )
 
 
@@ -327,30 +367,27 @@ def top_up(
     response_model=schemas.MovementOut,
     summary="Withdraw from the balance to a bound card",
 )
-def withdraw(
+async def withdraw(
     body: schemas.WithdrawalIn,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     lang: Lang,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "withdraw",
         schemas.movement_request(body),
-        lambda idem: service.withdraw(
+        lambda service, principal, idem: service.withdraw(
             principal,
             card_id=body.card_id,
             amount_fen=body.amount,
             payment_password=body.payment_password,
             idem=idem,
         ),
-        _rendered_movement(service, principal, lang),
+        lambda service, principal: _rendered_movement(service, principal, lang),
     )
 
 
@@ -361,23 +398,20 @@ def withdraw(
     responses=_MOVEMENT_RESPONSES,
     summary="Pay a merchant from the balance, or from a card",
 )
-def pay(
+async def pay(
     body: schemas.PaymentIn,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     lang: Lang,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "payment",
         schemas.movement_request(body),
-        lambda idem: service.pay(
+        lambda service, principal, idem: service.pay(
             principal,
             merchant=body.merchant,
             amount_fen=body.amount,
@@ -385,7 +419,7 @@ def pay(
             card_id=body.card_id,
             idem=idem,
         ),
-        _rendered_movement(service, principal, lang),
+        lambda service, principal: _rendered_movement(service, principal, lang),
     )
 
 
@@ -396,23 +430,20 @@ def pay(
     responses=_MOVEMENT_RESPONSES,
     summary="Transfer to another holder's balance, from the balance or from a card",
 )
-def transfer(
+async def transfer(
     body: schemas.TransferIn,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     lang: Lang,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "transfer",
         schemas.movement_request(body),
-        lambda idem: service.transfer(
+        lambda service, principal, idem: service.transfer(
             principal,
             to_phone=body.to_phone,
             amount_fen=body.amount,
@@ -420,7 +451,7 @@ def transfer(
             card_id=body.card_id,
             idem=idem,
         ),
-        _rendered_movement(service, principal, lang),
+        lambda service, principal: _rendered_movement(service, principal, lang),
     )
 
 
@@ -429,31 +460,23 @@ def transfer(
     response_model=schemas.MovementOut,
     summary="Confirm a pending card debit with the bank's dynamic password",
 )
-def confirm_movement(
+async def confirm_movement(
     movement_id: uuid.UUID,
     body: schemas.MovementConfirm,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "confirm",
         {"movement_id": str(movement_id)},
-        lambda idem: service.confirm_movement(
+        lambda service, principal, idem: service.confirm_movement(
             principal, movement_id, dynamic_password=body.dynamic_password, idem=idem
         ),
-        lambda txn: (
-            status.HTTP_200_OK,
-            movement_out(txn, principal.holder_id, _last4_of(service, [txn])).model_dump(
-                mode="json"
-            ),
-        ),
+        _rendered_as_is,
     )
 
 
@@ -462,28 +485,20 @@ def confirm_movement(
     response_model=schemas.MovementOut,
     summary="Cancel a pending movement",
 )
-def cancel_movement(
+async def cancel_movement(
     movement_id: uuid.UUID,
-    principal: CurrentHolder,
-    db: DbSession,
+    holder: HolderCredentials,
     env: Env,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
-    service = WalletService(db, env)
-    return _idempotent(
-        db,
+    return await _movement(
         env,
-        principal,
+        holder,
         idempotency_key,
         "cancel",
         {"movement_id": str(movement_id)},
-        lambda idem: service.cancel_movement(principal, movement_id, idem=idem),
-        lambda txn: (
-            status.HTTP_200_OK,
-            movement_out(txn, principal.holder_id, _last4_of(service, [txn])).model_dump(
-                mode="json"
-            ),
-        ),
+        lambda service, principal, idem: service.cancel_movement(principal, movement_id, idem=idem),
+        _rendered_as_is,
     )
 
 
