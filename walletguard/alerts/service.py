@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 from urllib.parse import urlsplit
 
 from sqlalchemy import Insert, Table, Uuid, bindparam, func, insert, select, union_all
@@ -410,6 +410,26 @@ def display_targets(env: Container, view: ChannelView) -> tuple[str | None, str 
     )
 
 
+class RaisedAlert(NamedTuple):
+    """An alert as ``raise_alert`` wrote it (the row's columns; no ORM object to keep)."""
+
+    id: uuid.UUID
+    holder_id: uuid.UUID
+    kind: str
+    category: str
+    severity: str
+    language: str
+    title_zh: str
+    body_zh: str
+    title_en: str
+    body_en: str
+    not_me_url: str | None
+    data: str
+    device_id: uuid.UUID | None
+    created_at: datetime
+    read_at: datetime | None
+
+
 # -- raising -----------------------------------------------------------------------------------
 
 
@@ -443,7 +463,7 @@ def raise_alert(
     device_id: uuid.UUID | None = None,
     title_key: str | None = None,
     body_key: str | None = None,
-) -> Alert:
+) -> RaisedAlert:
     """Write the alert and its outbox rows in the caller's transaction (written, not committed).
 
     Texts are ``alerts.<kind>.title`` / ``alerts.<kind>.body`` unless keys are given; ``time``
@@ -499,9 +519,9 @@ def raise_alert(
             }
         )
     # Core inserts, not ORM objects: every movement and security event writes these, and the
-    # unit of work's bookkeeping for them cost more than the statements. The returned Alert is
-    # not in the session (it is what was written). What the caller has pending goes first
-    # (the holder an alert is for may be new in this transaction).
+    # unit of work's bookkeeping for them cost more than the statements. What is returned is
+    # what was written (columns, not an entity of the session). What the caller has pending
+    # goes first (the holder an alert is for may be new in this transaction).
     db.flush()
     if deliveries and is_postgres(db):
         params = {f"alert_{key}": value for key, value in row.items()}
@@ -512,7 +532,7 @@ def raise_alert(
         core(db).execute(_INSERT_ALERT, row)
         if deliveries:
             core(db).execute(_INSERT_DELIVERIES, deliveries)
-    return Alert(**row)
+    return RaisedAlert(**row)
 
 
 def security_alert(
@@ -523,7 +543,7 @@ def security_alert(
     *,
     device_id: uuid.UUID | None,
     data: Mapping[str, Any],
-) -> Alert:
+) -> RaisedAlert:
     """The alert for an announced ``security.*`` event (``identity.links.announce``)."""
     unknown = Phrase("alerts.unknown")
     until = next(
@@ -574,7 +594,7 @@ def movement_alert(
     movement: MovementFacts,
     *,
     not_me_url: str | None = None,
-) -> Alert:
+) -> RaisedAlert:
     """A money alert: ``movement.posted | received | failed | refunded | refund_debited``."""
     source: Param = (
         Phrase("alerts.source.card", {"last4": movement.card_last4 or "????"})

@@ -160,7 +160,13 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
             }
         )
     connection = core(session)
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and len(rows) == 1:
+        # The commonest case (one event a transaction), as scalars: psycopg builds an array
+        # parameter element by element in Python, nine of them for one row.
+        connection.execute(
+            _CHAIN_ONE_POSTGRESQL, {**rows[0], "head_seq": seq, "head_hash": prev_hash}
+        )
+    elif connection.dialect.name == "postgresql":
         # The entries and the new head in one statement built once (arrays unnested into the
         # rows, a data-modifying WITH): one round trip while the head is locked, no compiling.
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
@@ -189,6 +195,11 @@ _CHAIN_POSTGRESQL = text(
     " UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = :head_id"
 ).bindparams(head_id=HEAD_ID)
 
+_CHAIN_ONE_POSTGRESQL = _MOVE_HEAD.add_cte(
+    insert(_LOG)
+    .values({name: bindparam(name, type_=_LOG.c[name].type) for name in _COLUMNS})
+    .cte("chained")
+)
 
 # Last of the commit queues: the head is locked only for the chaining and COMMIT.
 _QUEUE: CommitQueue[AuditEntry] = CommitQueue("audit", _chain, order=100)

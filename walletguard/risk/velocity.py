@@ -12,6 +12,7 @@ caution).
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -178,17 +179,10 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
         bucket[1] += count.amount_fen
     ordered = sorted(buckets.items())
     if db.get_bind().dialect.name == "postgresql":
-        # One statement, not a batch of one per bucket: the rows as arrays, in the same order.
-        core(db).execute(
-            _UPSERT_ARRAYS_POSTGRESQL,
-            {
-                "keys": [key for (key, _minute), _ in ordered],
-                "minutes": [minute for (_key, minute), _ in ordered],
-                "counts": [number for _, (number, _total) in ordered],
-                "sums": [total for _, (_number, total) in ordered],
-                "shard": shard,
-            },
-        )
+        # One statement, not a batch of one per bucket: the rows as one JSON array, in the same
+        # order (psycopg builds array parameters element by element in Python; json is C).
+        rows = [[key, minute.isoformat(), n, total] for (key, minute), (n, total) in ordered]
+        core(db).execute(_UPSERT_JSON_POSTGRESQL, {"buckets": json.dumps(rows), "shard": shard})
         return
     core(db).execute(
         _UPSERT_SQLITE,
@@ -199,19 +193,18 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
     )
 
 
-# The buckets' rows unnested in array order (WITH ORDINALITY), so that conflicting rows are
-# locked in the order the writer sorted them.
-_UPSERT_ARRAYS_POSTGRESQL = text(
+# The buckets' rows in array order (WITH ORDINALITY), so that conflicting rows are locked in
+# the order the writer sorted them; each element is [key, minute (ISO 8601, UTC), count, sum].
+_UPSERT_JSON_POSTGRESQL = text(
     "INSERT INTO risk_velocity (key, minute, shard, count, sum_fen)"
-    " SELECT b.key, b.minute, CAST(:shard AS smallint), b.count, b.sum_fen FROM unnest("
-    "CAST(:keys AS varchar[]), CAST(:minutes AS timestamptz[]), CAST(:counts AS integer[]),"
-    " CAST(:sums AS bigint[])) WITH ORDINALITY AS b(key, minute, count, sum_fen, n)"
+    " SELECT b.v->>0, CAST(b.v->>1 AS timestamptz), CAST(:shard AS smallint),"
+    " CAST(b.v->>2 AS integer), CAST(b.v->>3 AS bigint)"
+    " FROM json_array_elements(CAST(:buckets AS json)) WITH ORDINALITY AS b(v, n)"
     " ORDER BY b.n"
     " ON CONFLICT (key, minute, shard) DO UPDATE SET"
     " count = risk_velocity.count + excluded.count,"
     " sum_fen = risk_velocity.sum_fen + excluded.sum_fen"
 )
-
 
 _SHARD = "walletguard.risk.velocity_shard"
 # Before the audit chain (order 100): the head is the one row locked by every writer.
