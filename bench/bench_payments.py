@@ -38,6 +38,12 @@ stack even if all its other work were free (``bench/statement_floor.py`` draws t
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
+During the payments' closed loop, ``pg_stat_activity`` is sampled every 50 ms and the share
+of samples of the server's connections in a transaction that were waiting for a lock is
+printed, with the statements they waited in: where payments queue on rows that every writer
+touches (the audit head, a merchant's account, a busy velocity bucket), which no CPU figure
+shows.
+
 Beside each closed-loop line the server processes' CPU time per request is printed (from
 /proc; PostgreSQL's own CPU is not in it): it moves less than req/s when other work shares
 the machine, whose busy share is sampled before and after the runs and printed too, but on a
@@ -61,8 +67,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -72,6 +80,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parent.parent
 # This checkout's walletguard, not whichever one is installed: the servers (started in REPO)
@@ -527,6 +536,60 @@ def closed_loop(
     return probe, result
 
 
+_ACTIVITY = text(
+    "SELECT state, wait_event_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)"
+    " FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+    " AND state IN ('active', 'idle in transaction')"
+)
+
+
+@contextmanager
+def connection_states(database_url: str, every_s: float = 0.05) -> Iterator[Counter[str]]:
+    """What the server's connections to the database are doing, sampled from
+    ``pg_stat_activity`` every ``every_s`` while the block runs: each sample of a connection in
+    a transaction counted as ``lock: <statement>`` (waiting for a row or transaction lock another
+    holds), ``running`` (PostgreSQL at work) or ``client`` (idle in transaction: the server's
+    Python has the turn). Where payments queue on rows every writer touches shows as locks."""
+    url = make_url(database_url)
+    found: Counter[str] = Counter()
+    stop = threading.Event()
+    engine = create_engine(url, poolclass=NullPool)
+
+    def sample() -> None:
+        with engine.connect() as conn:
+            while not stop.wait(every_s):
+                for state, wait, statement in conn.execute(_ACTIVITY, {"db": url.database}):
+                    if wait == "Lock":
+                        found[f"lock: {statement}"] += 1
+                    else:
+                        found["running" if state == "active" else "client"] += 1
+                conn.rollback()
+
+    thread = threading.Thread(target=sample, name="pg_stat_activity", daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        engine.dispose()
+
+
+def _states_lines(found: Counter[str], top: int = 4) -> list[str]:
+    total = sum(found.values())
+    if not total:
+        return []
+    locks = sum(n for key, n in found.items() if key.startswith("lock: "))
+    lines = [
+        f"  of {total} samples: waiting for a lock {locks / total:.0%}, PostgreSQL running "
+        f"{found['running'] / total:.0%}, the server's Python (idle in transaction) "
+        f"{found['client'] / total:.0%}"
+    ]
+    waits = [(key, n) for key, n in found.most_common() if key.startswith("lock: ")]
+    lines += [f"  {n / total:4.0%} {key}" for key, n in waits[:top]]
+    return lines
+
+
 def one_at_a_time(
     children: Children,
     target: Server,
@@ -695,15 +758,16 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             return payment_requests(holders, count, args.merchants)
 
         _progress("payments: warm-up, then closed loop")
-        pay_warmup, pay_closed = closed_loop(
-            children,
-            target,
-            pay_lines,
-            workdir,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            warmup=args.warmup,
-        )
+        with connection_states(database_url) as pay_states:
+            pay_warmup, pay_closed = closed_loop(
+                children,
+                target,
+                pay_lines,
+                workdir,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+            )
         half = args.open_rate or pay_closed.rps / 2
         _progress(f"payments: open loop at {half:.1f} req/s")
         pay_open = open_loop(
@@ -807,6 +871,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             f"ratio {bare_ms / pay_ms:6.1%}"
         )
     print(f"statements of one payment      : {statements} (bare: 1)")
+    print("payments' connections in a transaction (closed loop, pg_stat_activity):")
+    for line in _states_lines(pay_states):
+        print(line)
     print(
         f"bare + {statements - 1} trivial SELECTs        : {floor_closed.rps:.1f} req/s, "
         f"{floor_closed.rps / bare_closed.rps:6.1%} of bare: the most a payment of "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +14,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tests.conftest import DEFAULT_PHONE, STRONG_PASSWORD, assert_problem, login, register
+from walletguard.audit import service as audit
 from walletguard.audit.service import verify
 from walletguard.bootstrap import Container
+from walletguard.kit.db import unit_of_work
 
 
 def _events(container: Container) -> list[str]:
@@ -311,3 +315,37 @@ def test_a_transaction_reads_its_own_entries(container: Container) -> None:
         report = verify(db)
     assert report.ok, report.problems
     assert report.entries == 2
+
+
+TRICKY = [
+    {"note": 'quote " backslash \\ slash /', "n": 1},
+    {"note": "line\nbreak\ttab\r\x01\x1f\x7f", "list": [1, "二"]},
+    {"note": "中文 emoji 💸 \u2028 separator", "prev_hash": "not the link", "seq": -1},
+    {},
+]
+
+
+def test_entries_of_any_text_chain_and_verify(container: Container) -> None:
+    """One or two entries a transaction, the first of the log included: whatever their text,
+    they reach the database as written (on PostgreSQL as one JSON parameter), so they verify."""
+    recorded = []
+    for i, data in enumerate(TRICKY * 2):
+        with unit_of_work(container.sessions) as db:
+            for _ in range(1 + i % 2):
+                entry = audit.record(
+                    db,
+                    container.clock,
+                    "test.text",
+                    holder_id=uuid.uuid4() if i % 2 else None,
+                    ip="198.51.100.7" if i % 3 else None,
+                    data=data,
+                )
+                recorded.append(entry)
+    assert [e.seq for e in recorded] == list(range(1, len(recorded) + 1))
+    assert all(a.hash == b.prev_hash for a, b in itertools.pairwise(recorded))
+    with container.sessions() as db:
+        report = verify(db)
+        head = db.execute(text("SELECT seq, hash FROM audit_head")).one()
+    assert report.ok, report.problems
+    assert report.entries == len(recorded)
+    assert tuple(head) == (recorded[-1].seq, recorded[-1].hash)

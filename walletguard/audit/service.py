@@ -160,46 +160,52 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
             }
         )
     connection = core(session)
-    if connection.dialect.name == "postgresql" and len(rows) == 1:
-        # The commonest case (one event a transaction), as scalars: psycopg builds an array
-        # parameter element by element in Python, nine of them for one row.
+    if connection.dialect.name == "postgresql":
+        # The entries and the new head in one statement built once (a data-modifying WITH):
+        # one round trip while the head is locked, no compiling. The rows go as one JSON text:
+        # psycopg builds array parameters element by element in Python, nine arrays here.
+        entries = [
+            [
+                row["seq"],
+                row["at"].isoformat(),
+                row["event"],
+                str(row["holder_id"]) if row["holder_id"] else None,
+                str(row["device_id"]) if row["device_id"] else None,
+                row["ip"],
+                row["data"],
+                row["prev_hash"],
+                row["hash"],
+            ]
+            for row in rows
+        ]
         connection.execute(
-            _CHAIN_ONE_POSTGRESQL, {**rows[0], "head_seq": seq, "head_hash": prev_hash}
+            _CHAIN_POSTGRESQL,
+            {
+                "entries": json.dumps(entries, ensure_ascii=False),
+                "head_seq": seq,
+                "head_hash": prev_hash,
+            },
         )
-    elif connection.dialect.name == "postgresql":
-        # The entries and the new head in one statement built once (arrays unnested into the
-        # rows, a data-modifying WITH): one round trip while the head is locked, no compiling.
-        columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        for row in rows:
-            for name in _COLUMNS:
-                columns[name].append(row[name])
-        connection.execute(_CHAIN_POSTGRESQL, {**columns, "head_seq": seq, "head_hash": prev_hash})
     else:
         connection.execute(_INSERT_ENTRIES, rows)
         connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": prev_hash})
 
 
-_COLUMNS = ("seq", "at", "event", "holder_id", "device_id", "ip", "data", "prev_hash", "hash")
 _INSERT_ENTRIES = insert(_LOG)
 _MOVE_HEAD = (
     update(_HEAD)
     .where(_HEAD.c.id == HEAD_ID)
     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
 )
+# Each element of :entries is [seq, at (ISO 8601 with its offset), event, holder_id, device_id,
+# ip, data, prev_hash, hash].
 _CHAIN_POSTGRESQL = text(
     "WITH chained AS (INSERT INTO audit_log (seq, at, event, holder_id, device_id, ip, data,"
-    " prev_hash, hash) SELECT * FROM unnest(CAST(:seq AS bigint[]),"
-    " CAST(:at AS timestamptz[]), CAST(:event AS varchar[]), CAST(:holder_id AS uuid[]),"
-    " CAST(:device_id AS uuid[]), CAST(:ip AS varchar[]), CAST(:data AS text[]),"
-    " CAST(:prev_hash AS varchar[]), CAST(:hash AS varchar[])))"
+    " prev_hash, hash) SELECT CAST(e.v->>0 AS bigint), CAST(e.v->>1 AS timestamptz),"
+    " e.v->>2, CAST(e.v->>3 AS uuid), CAST(e.v->>4 AS uuid), e.v->>5, e.v->>6, e.v->>7,"
+    " e.v->>8 FROM json_array_elements(CAST(:entries AS json)) AS e(v))"
     " UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = :head_id"
 ).bindparams(head_id=HEAD_ID)
-
-_CHAIN_ONE_POSTGRESQL = _MOVE_HEAD.add_cte(
-    insert(_LOG)
-    .values({name: bindparam(name, type_=_LOG.c[name].type) for name in _COLUMNS})
-    .cte("chained")
-)
 
 # Last of the commit queues: the head is locked only for the chaining and COMMIT.
 _QUEUE: CommitQueue[AuditEntry] = CommitQueue("audit", _chain, order=100)
