@@ -59,9 +59,9 @@ async def in_one_unit_of_work(sessions: sessionmaker[Session], work: Callable[[S
 
     For the money endpoints, the busiest: a ``def`` endpoint taking ``DbSession`` and the
     ``def`` authentication dependency is three hops to worker threads (authenticate, the
-    endpoint, the end of the unit of work), and under load the hops and the threads' turns at
-    the GIL cost a payment more CPU than its SQL statements did (``bench/bench_payments.py``:
-    docs/architecture.md, "Hot paths"). Such an endpoint is ``async``, its dependencies do no
+    endpoint, the end of the unit of work), and under load the two extra hops and the threads'
+    turns at the GIL cost a payment about 2 of its 10 ms of server CPU (``bench/bench_payments.py``;
+    README, Benchmarks). Such an endpoint is ``async``, its dependencies do no
     I/O, and it hands its authentication, its work and its commit to this one call. If the
     client goes away the thread is not abandoned: the unit of work ends, committed or rolled
     back, before the request sees the cancellation. A failed commit raises here, so it is an
