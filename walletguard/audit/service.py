@@ -139,14 +139,41 @@ def chain_pending(session: Session) -> None:
 
 def _chain(session: Session, pending: list[AuditEntry]) -> None:
     seq, prev_hash = _locked_head(session)
-    rows: list[dict[str, Any]] = []
     for entry in pending:
         seq += 1
         entry.seq = seq
         entry.prev_hash = prev_hash
         entry.hash = recompute(entry)
         prev_hash = entry.hash
-        rows.append(
+    connection = core(session)
+    if connection.dialect.name == "postgresql":
+        # The entries and the new head in one statement built once (a data-modifying WITH):
+        # one round trip while the head is locked, no compiling. The rows go as one JSON text:
+        # psycopg builds array parameters element by element in Python, nine arrays here.
+        entries = [
+            [
+                entry.seq,
+                entry.at.isoformat(),
+                entry.event,
+                str(entry.holder_id) if entry.holder_id else None,
+                str(entry.device_id) if entry.device_id else None,
+                entry.ip,
+                entry.data,
+                entry.prev_hash,
+                entry.hash,
+            ]
+            for entry in pending
+        ]
+        connection.execute(
+            _CHAIN_POSTGRESQL,
+            {
+                "entries": json.dumps(entries, ensure_ascii=False),
+                "head_seq": seq,
+                "head_hash": prev_hash,
+            },
+        )
+    else:
+        rows = [
             {
                 "seq": entry.seq,
                 "at": entry.at,
@@ -158,35 +185,8 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
                 "prev_hash": entry.prev_hash,
                 "hash": entry.hash,
             }
-        )
-    connection = core(session)
-    if connection.dialect.name == "postgresql":
-        # The entries and the new head in one statement built once (a data-modifying WITH):
-        # one round trip while the head is locked, no compiling. The rows go as one JSON text:
-        # psycopg builds array parameters element by element in Python, nine arrays here.
-        entries = [
-            [
-                row["seq"],
-                row["at"].isoformat(),
-                row["event"],
-                str(row["holder_id"]) if row["holder_id"] else None,
-                str(row["device_id"]) if row["device_id"] else None,
-                row["ip"],
-                row["data"],
-                row["prev_hash"],
-                row["hash"],
-            ]
-            for row in rows
+            for entry in pending
         ]
-        connection.execute(
-            _CHAIN_POSTGRESQL,
-            {
-                "entries": json.dumps(entries, ensure_ascii=False),
-                "head_seq": seq,
-                "head_hash": prev_hash,
-            },
-        )
-    else:
         connection.execute(_INSERT_ENTRIES, rows)
         connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": prev_hash})
 

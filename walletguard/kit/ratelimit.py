@@ -190,7 +190,7 @@ class AttemptCounters:
         now = self.clock.now()
         statement = _hold_statement(self.db.get_bind().dialect.name)
         row = core(self.db).execute(statement, {"counter_key": key, "at": now}).one()
-        return Held(key, int(row[0]), row[1], int(row[2]), now)
+        return self.held(key, now, row[0], row[1], row[2])
 
     def held(
         self, key: str, at: datetime, failures: int, locked_until: datetime | None, lock_count: int
