@@ -75,18 +75,25 @@ def database(url: str | None) -> Iterator[str]:
         yield fresh
 
 
-_EXECUTOR = ("execute", "_through_sqlalchemy")
+_EXECUTOR = ("execute", "_through_sqlalchemy", "send_before_commit")
 
 
 def _origin() -> str:
-    """The innermost walletguard frame that led to this statement, kit.db's executor left out."""
-    for frame in reversed(traceback.extract_stack()):
+    """The innermost walletguard frame that led to this statement, kit.db's executor left out;
+    marked ``+COMMIT`` when it is one that PostgreSQL gets in the same message as COMMIT
+    (``walletguard.kit.db.send_before_commit`` while the commit queues are written: with a
+    listener on the statements, as here, it is executed on its own instead)."""
+    stack = traceback.extract_stack()
+    at_commit = any(f.name == "write_all" for f in stack) and any(
+        f.name == "send_before_commit" for f in stack
+    )
+    for frame in reversed(stack):
         path = frame.filename.replace("\\", "/")
         if path.endswith("/walletguard/kit/db.py") and frame.name in _EXECUTOR:
             continue
         if "/walletguard/" in path and "site-packages" not in path:
             where = path.split("/walletguard/", 1)[1]
-            return f"{where}:{frame.lineno} {frame.name}"
+            return f"{where}:{frame.lineno} {frame.name}" + (" +COMMIT" if at_commit else "")
     return "?"
 
 

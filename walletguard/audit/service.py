@@ -15,10 +15,12 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    JSON,
     ClauseElement,
     Table,
     TextClause,
     bindparam,
+    column,
     event,
     func,
     insert,
@@ -33,7 +35,7 @@ from sqlalchemy.sql.util import find_tables
 
 from walletguard.audit.models import AuditEntry, AuditHead
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import CommitQueue, core
+from walletguard.kit.db import CommitQueue, core, send_before_commit
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
@@ -137,43 +139,64 @@ def chain_pending(session: Session) -> None:
     _QUEUE.write_now(session)
 
 
+def hash_prefix(entry: AuditEntry) -> str:
+    """The entry's hashed material (``entry_hash``) up to its ``prev_hash`` value: ``prev_hash``
+    and ``seq`` are the last keys of the canonical JSON, so the material is this, the previous
+    hash, ``","seq":``, the number and ``}``. What PostgreSQL's ``walletguard_audit_chain``
+    completes and hashes, without the application waiting for the head in between."""
+    material = canonical_json(
+        {
+            "at": entry.at.isoformat(timespec="microseconds"),
+            "event": entry.event,
+            "holder_id": str(entry.holder_id) if entry.holder_id else None,
+            "device_id": str(entry.device_id) if entry.device_id else None,
+            "ip": entry.ip,
+            "data": entry.data,
+        }
+    )
+    return material[:-1] + ',"prev_hash":"'
+
+
 def _chain(session: Session, pending: list[AuditEntry]) -> None:
+    connection = core(session)
+    if connection.dialect.name == "postgresql":
+        # One statement numbers, hashes and inserts the entries and moves the head, under the
+        # head's lock (migration 0010). At COMMIT it goes with COMMIT: the head is locked only
+        # while the server runs it, and the entries learn their numbers and hashes from its
+        # answer once committed.
+        params = {
+            "entries": json.dumps(
+                [
+                    [
+                        hash_prefix(entry),
+                        entry.at.isoformat(),
+                        entry.event,
+                        str(entry.holder_id) if entry.holder_id else None,
+                        str(entry.device_id) if entry.device_id else None,
+                        entry.ip,
+                        entry.data,
+                    ]
+                    for entry in pending
+                ],
+                ensure_ascii=False,
+            )
+        }
+
+        def numbered(rows: list[Any]) -> None:
+            for entry, (seq, prev_hash, digest) in zip(pending, rows[0][0], strict=True):
+                entry.seq, entry.prev_hash, entry.hash = int(seq), str(prev_hash), str(digest)
+
+        send_before_commit(session, _CHAIN_POSTGRESQL, params, answer=numbered)
+        return
     seq, prev_hash = _locked_head(session)
+    rows = []
     for entry in pending:
         seq += 1
         entry.seq = seq
         entry.prev_hash = prev_hash
         entry.hash = recompute(entry)
         prev_hash = entry.hash
-    connection = core(session)
-    if connection.dialect.name == "postgresql":
-        # The entries and the new head in one statement built once (a data-modifying WITH):
-        # one round trip while the head is locked, no compiling. The rows go as one JSON text:
-        # psycopg builds array parameters element by element in Python, nine arrays here.
-        entries = [
-            [
-                entry.seq,
-                entry.at.isoformat(),
-                entry.event,
-                str(entry.holder_id) if entry.holder_id else None,
-                str(entry.device_id) if entry.device_id else None,
-                entry.ip,
-                entry.data,
-                entry.prev_hash,
-                entry.hash,
-            ]
-            for entry in pending
-        ]
-        connection.execute(
-            _CHAIN_POSTGRESQL,
-            {
-                "entries": json.dumps(entries, ensure_ascii=False),
-                "head_seq": seq,
-                "head_hash": prev_hash,
-            },
-        )
-    else:
-        rows = [
+        rows.append(
             {
                 "seq": entry.seq,
                 "at": entry.at,
@@ -185,10 +208,9 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
                 "prev_hash": entry.prev_hash,
                 "hash": entry.hash,
             }
-            for entry in pending
-        ]
-        connection.execute(_INSERT_ENTRIES, rows)
-        connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": prev_hash})
+        )
+    connection.execute(_INSERT_ENTRIES, rows)
+    connection.execute(_MOVE_HEAD, {"head_seq": seq, "head_hash": prev_hash})
 
 
 _INSERT_ENTRIES = insert(_LOG)
@@ -197,15 +219,10 @@ _MOVE_HEAD = (
     .where(_HEAD.c.id == HEAD_ID)
     .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
 )
-# Each element of :entries is [seq, at (ISO 8601 with its offset), event, holder_id, device_id,
-# ip, data, prev_hash, hash].
-_CHAIN_POSTGRESQL = text(
-    "WITH chained AS (INSERT INTO audit_log (seq, at, event, holder_id, device_id, ip, data,"
-    " prev_hash, hash) SELECT CAST(e.v->>0 AS bigint), CAST(e.v->>1 AS timestamptz),"
-    " e.v->>2, CAST(e.v->>3 AS uuid), CAST(e.v->>4 AS uuid), e.v->>5, e.v->>6, e.v->>7,"
-    " e.v->>8 FROM json_array_elements(CAST(:entries AS json)) AS e(v))"
-    " UPDATE audit_head SET seq = :head_seq, hash = :head_hash WHERE id = :head_id"
-).bindparams(head_id=HEAD_ID)
+# migration 0010; its answer is [[seq, prev_hash, hash], ...], one per entry.
+_CHAIN_POSTGRESQL = text("SELECT walletguard_audit_chain(CAST(:entries AS json))").columns(
+    column("chained", JSON)
+)
 
 # Last of the commit queues: the head is locked only for the chaining and COMMIT.
 _QUEUE: CommitQueue[AuditEntry] = CommitQueue("audit", _chain, order=100)

@@ -14,8 +14,9 @@ from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
 
+from psycopg import ClientCursor
 from psycopg.pq import ExecStatus
 from sqlalchemy import (
     ColumnElement,
@@ -119,6 +120,7 @@ def create_db_engine(
         return engine
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, hide_parameters=True)
     _ping_when_idle(engine, ping_after_idle_s)
+    _send_last_statements_with_commit(engine)
 
     @event.listens_for(engine, "connect")
     def _postgres_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
@@ -161,6 +163,70 @@ def _ping_when_idle(engine: Engine, idle_s: float) -> None:
             engine.dialect.do_ping(dbapi_conn)
         except dbapi_error as error:
             raise DisconnectionError("pooled connection lost while idle") from error
+
+
+_WITH_COMMIT = "walletguard.with_commit"
+_COMMITTING = "walletguard.committing"  # in session.info while CommitQueues write at COMMIT
+
+
+def _send_last_statements_with_commit(engine: Engine) -> None:
+    """PostgreSQL: the statements ``send_before_commit`` kept go to the server with COMMIT,
+    in one message.
+
+    The rows every writer touches are written last (the audit chain's head, a busy velocity
+    bucket: ``CommitQueue``), and stay locked until COMMIT. Sent one
+    by one, each statement's answer must reach this process, and its thread must get Python's
+    lock back from the other requests of the process, before the next one (and COMMIT) is sent:
+    under load a few milliseconds each, which every other writer of those rows waits out too.
+    Sent with COMMIT, they are locked for as long as the server takes to run them (psycopg's
+    pipeline mode would not do: it waits on the socket, and so for Python's lock, between the
+    statements it sends). An error in any of them aborts the rest (COMMIT included) and is
+    raised as SQLAlchemy raises a failed commit; the transaction then rolls back."""
+
+    @event.listens_for(engine, "commit")
+    def _with_commit(conn: Connection) -> None:
+        kept: list[_Kept] | None = conn.connection.info.pop(_WITH_COMMIT, None)
+        if not kept:
+            return
+        driver: Any = conn.connection.driver_connection
+        cursor = ClientCursor(driver)
+        # What an error names: the statements as written, not the query with their values in.
+        named = ";\n".join(item.sql for item in kept)
+        results: list[list[Any]] = []
+        try:
+            # One query message: the statements with their values written in (psycopg's own
+            # quoting), then COMMIT. A query of several statements goes by the simple protocol,
+            # which runs them one after the other with nothing between them; the first that
+            # fails ends it, and the transaction is left to roll back. (Each is planned afresh:
+            # the hot ones are calls of PL/pgSQL functions, whose own statements are planned
+            # once per connection.)
+            query = ";\n".join(cursor.mogrify(item.sql, item.values) for item in kept)
+            cursor.execute(query + ";\nCOMMIT")
+            for _item in kept:
+                result = cursor.pgresult
+                returned = result is not None and result.status == ExecStatus.TUPLES_OK
+                results.append(cursor.fetchall() if returned else [])
+                cursor.nextset()
+        except Exception as error:  # raised as SQLAlchemy raises it (a lost connection invalidated)
+            conn._handle_dbapi_exception(error, named, None, None, None)
+        finally:
+            cursor.close()
+        # Committed: the locks are gone, the answers are handed over now.
+        for item, rows in zip(kept, results, strict=True):
+            if item.answer is not None:
+                item.answer(rows)
+
+    @event.listens_for(engine, "begin")
+    @event.listens_for(engine, "rollback")
+    def _forget(conn: Connection) -> None:
+        if not conn.invalidated:  # an invalidated one starts afresh with an empty ``info``
+            conn.connection.info.pop(_WITH_COMMIT, None)
+
+
+class _Kept(NamedTuple):
+    sql: str
+    values: dict[str, Any]
+    answer: Callable[[list[Any]], None] | None
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -407,6 +473,55 @@ class Core:
         return Rows([], result.rowcount)
 
 
+def send_before_commit(
+    session: Session,
+    statement: Executable,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    answer: Callable[[list[Any]], None] | None = None,
+) -> None:
+    """Execute a prebuilt statement that nothing after it in the transaction depends on: at
+    once, or, while the session writes its ``CommitQueue``s at COMMIT on PostgreSQL, in the
+    same round trip as COMMIT (``_send_last_statements_with_commit``), after every statement
+    sent before it; a failure then fails the commit. ``answer`` is given the rows it returned
+    (tuples), once it ran: after the commit when it went with it. Where ``Core.execute`` would
+    hand the statement to SQLAlchemy (SQLite, a listener on the statements, SQL rendered per
+    execution), it is executed at once."""
+    connection = session.connection()
+    if session.info.get(_COMMITTING) and connection.dialect.name == "postgresql":
+        sent = _driver_form(connection, statement, parameters)
+        if sent is not None:
+            kept = connection.connection.info.setdefault(_WITH_COMMIT, [])
+            kept.append(_Kept(sent[0], sent[1], answer))
+            return
+    rows = Core(connection).execute(statement, parameters)
+    if answer is not None:
+        answer([tuple(row) for row in rows])
+
+
+def _driver_form(
+    connection: Connection, statement: Executable, parameters: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The SQL and the converted parameters ``Core`` would hand psycopg, or None where Core
+    would go through SQLAlchemy."""
+    if connection._echo or _listened(connection):
+        return None
+    prepared = _PREPARED.get(statement, _PREPARED)
+    if prepared is _PREPARED:
+        prepared = _prepare(statement, connection.dialect)
+    if prepared is None:
+        return None
+    assert isinstance(prepared, _Prepared)
+    values = {**prepared.defaults, **(parameters or {})}
+    if not prepared.required.issubset(values):
+        return None
+    for name, convert in prepared.bind:
+        value = values.get(name)
+        if value is not None:
+            values[name] = convert(value)
+    return prepared.sql, values
+
+
 def _listened(connection: Connection) -> bool:
     """Whether anything listens to the statements a connection executes (SQLAlchemy's own
     ``_has_events`` stays set once any listener was added, even after it is removed, so it
@@ -504,10 +619,14 @@ class CommitQueue(Generic[T]):
         if not any(queue.has_pending(session) for queue in cls._queues):
             return
         # Everything else first, so that the queued rows are locked only for their own
-        # statements and COMMIT.
+        # statements and COMMIT (on PostgreSQL sent with it: ``send_before_commit``).
         session.flush()
-        for queue in cls._queues:
-            queue.write_now(session)
+        session.info[_COMMITTING] = True
+        try:
+            for queue in cls._queues:
+                queue.write_now(session)
+        finally:
+            session.info.pop(_COMMITTING, None)
 
 
 @event.listens_for(Session, "before_commit")

@@ -25,7 +25,7 @@ from sqlalchemy import Table, bindparam, case, delete, func, null, select, text,
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from walletguard.kit.db import CommitQueue, core
+from walletguard.kit.db import CommitQueue, core, send_before_commit
 from walletguard.risk.models import RiskVelocityBucket
 
 # Nothing older than this is ever asked for; older entries are trimmed.
@@ -182,7 +182,11 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
         # One statement, not a batch of one per bucket: the rows as one JSON array, in the same
         # order (psycopg builds array parameters element by element in Python; json is C).
         rows = [[key, minute.isoformat(), n, total] for (key, minute), (n, total) in ordered]
-        core(db).execute(_UPSERT_JSON_POSTGRESQL, {"buckets": json.dumps(rows), "shard": shard})
+        # At COMMIT, sent with it (``send_before_commit``): the rows are locked only while
+        # the server writes them.
+        send_before_commit(
+            db, _UPSERT_JSON_POSTGRESQL, {"buckets": json.dumps(rows), "shard": shard}
+        )
         return
     core(db).execute(
         _UPSERT_SQLITE,
@@ -193,17 +197,10 @@ def _write_buckets(db: Session, counts: list[_Count]) -> None:
     )
 
 
-# The buckets' rows in array order (WITH ORDINALITY), so that conflicting rows are locked in
-# the order the writer sorted them; each element is [key, minute (ISO 8601, UTC), count, sum].
+# The buckets' rows, each [key, minute (ISO 8601, UTC), count, sum], added in array order, so
+# that conflicting rows are locked in the order the writer sorted them (migration 0010).
 _UPSERT_JSON_POSTGRESQL = text(
-    "INSERT INTO risk_velocity (key, minute, shard, count, sum_fen)"
-    " SELECT b.v->>0, CAST(b.v->>1 AS timestamptz), CAST(:shard AS smallint),"
-    " CAST(b.v->>2 AS integer), CAST(b.v->>3 AS bigint)"
-    " FROM json_array_elements(CAST(:buckets AS json)) WITH ORDINALITY AS b(v, n)"
-    " ORDER BY b.n"
-    " ON CONFLICT (key, minute, shard) DO UPDATE SET"
-    " count = risk_velocity.count + excluded.count,"
-    " sum_fen = risk_velocity.sum_fen + excluded.sum_fen"
+    "SELECT walletguard_velocity_add(CAST(:shard AS smallint), CAST(:buckets AS json))"
 )
 
 _SHARD = "walletguard.risk.velocity_shard"
