@@ -18,9 +18,9 @@ the ratio is the median round's (the machine drifts by more between runs minutes
 change moves it). Then, per endpoint, an open-loop run at half the median round's *payment*
 throughput (latency from the scheduled send time, so queueing counts). The figure is the
 ratio payments/s : bare/s (SPEC section 3: >= 50 %, p99 <= 50 ms at half load, measured 5 s
-after the closed loop so that the disk has written out the burst before it). ``--open-rate R`` runs the open loop at R requests/s instead, so that two
-versions' latencies are compared at the same load. At the end ``walletguard ledger check`` must
-reconcile.
+after the closed loop so that the disk has written out the burst before it). ``--open-rate R``
+runs the open loop at R requests/s instead, so that two versions' latencies are compared at the
+same load. At the end ``walletguard ledger check`` must reconcile.
 
 A fresh database ``wg_bench_<random>`` is created next to the admin URL's database and dropped
 on exit, even on Ctrl-C. The holders are prepared through the public API (register, payment

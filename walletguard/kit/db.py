@@ -174,9 +174,9 @@ def _send_last_statements_with_commit(engine: Engine) -> None:
     in one message.
 
     The rows every writer touches are written last (the audit chain's head, a busy velocity
-    bucket: ``CommitQueue``), and stay locked until COMMIT. Sent one
-    by one, each statement's answer must reach this process, and its thread must get Python's
-    lock back from the other requests of the process, before the next one (and COMMIT) is sent:
+    bucket: ``CommitQueue``), and stay locked until COMMIT. Sent one by one, each statement's
+    answer must reach this process, and its thread must get Python's lock back from the other
+    requests of the process, before the next one (and COMMIT) is sent:
     under load a few milliseconds each, which every other writer of those rows waits out too.
     Sent with COMMIT, they are locked for as long as the server takes to run them (psycopg's
     pipeline mode would not do: it waits on the socket, and so for Python's lock, between the
