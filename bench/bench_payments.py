@@ -774,6 +774,28 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         def bare_lines(count: int) -> list[str]:
             return bare_requests(count, args.merchants)
 
+        def closed(on: Server, lines: Callable[[int], list[str]]) -> tuple[LoadResult, LoadResult]:
+            return closed_loop(
+                children,
+                on,
+                lines,
+                workdir,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+            )
+
+        def opened(on: Server, lines: Callable[[int], list[str]], rate: float) -> LoadResult:
+            return open_loop(
+                children,
+                on,
+                lines,
+                workdir,
+                rate=rate,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+            )
+
         # Both servers are up (the one not measured idles): their closed loops alternate, so
         # that each round's ratio is of two runs made minutes apart at most, and the figure is
         # the median round's.
@@ -783,52 +805,20 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         for number in range(1, args.rounds + 1):
             _progress(f"round {number} of {args.rounds}: payments, warm-up then closed loop")
             with connection_states(database_url) as states:
-                pay_warmup, pay_closed = closed_loop(
-                    children,
-                    target,
-                    pay_lines,
-                    workdir,
-                    seconds=args.seconds,
-                    concurrency=args.concurrency,
-                    warmup=args.warmup,
-                )
+                pay_warmup, pay_closed = closed(target, pay_lines)
             pay_states.update(states)
             pay_runs += [pay_warmup, pay_closed]
             _progress(f"round {number} of {args.rounds}: bare endpoint, warm-up then closed loop")
-            _, bare_closed = closed_loop(
-                children,
-                bare_target,
-                bare_lines,
-                workdir,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                warmup=args.warmup,
-            )
+            _, bare_closed = closed(bare_target, bare_lines)
             rounds.append((pay_closed, bare_closed))
         by_ratio = sorted(rounds, key=lambda pair: pair[0].rps / pair[1].rps)
         pay_closed, bare_closed = by_ratio[len(by_ratio) // 2]
 
         half = args.open_rate or pay_closed.rps / 2
         _progress(f"payments: open loop at {half:.1f} req/s")
-        pay_open = open_loop(
-            children,
-            target,
-            pay_lines,
-            workdir,
-            rate=half,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-        )
+        pay_open = opened(target, pay_lines, half)
         _progress(f"bare endpoint: open loop at {half:.1f} req/s")
-        bare_open = open_loop(
-            children,
-            bare_target,
-            bare_lines,
-            workdir,
-            rate=half,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-        )
+        bare_open = opened(bare_target, bare_lines, half)
 
         _progress("payments: one at a time")
         pay_alone = one_at_a_time(children, target, pay_lines, workdir, count=args.alone)
@@ -839,15 +829,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             return statement_requests(statements, count, args.merchants)
 
         _progress(f"bare endpoint with as many statements as a payment ({statements}): closed loop")
-        _, floor_closed = closed_loop(
-            children,
-            bare_target,
-            floor_lines,
-            workdir,
-            seconds=args.seconds,
-            concurrency=args.concurrency,
-            warmup=args.warmup,
-        )
+        _, floor_closed = closed(bare_target, floor_lines)
 
     ledger = subprocess.run(
         [sys.executable, "-m", "walletguard.cli", "ledger", "check"],

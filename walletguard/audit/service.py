@@ -28,7 +28,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.util import find_tables
@@ -45,6 +44,25 @@ def canonical_json(data: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _hashed_fields(
+    at: datetime,
+    event: str,
+    holder_id: uuid.UUID | None,
+    device_id: uuid.UUID | None,
+    ip: str | None,
+    data: str,
+) -> dict[str, Any]:
+    """An entry's hashed keys other than ``seq`` and ``prev_hash``, as they are hashed."""
+    return {
+        "at": at.isoformat(timespec="microseconds"),
+        "event": event,
+        "holder_id": str(holder_id) if holder_id else None,
+        "device_id": str(device_id) if device_id else None,
+        "ip": ip,
+        "data": data,
+    }
+
+
 def entry_hash(
     *,
     seq: int,
@@ -59,12 +77,7 @@ def entry_hash(
     material = canonical_json(
         {
             "seq": seq,
-            "at": at.isoformat(timespec="microseconds"),
-            "event": event,
-            "holder_id": str(holder_id) if holder_id else None,
-            "device_id": str(device_id) if device_id else None,
-            "ip": ip,
-            "data": data,
+            **_hashed_fields(at, event, holder_id, device_id, ip, data),
             "prev_hash": prev_hash,
         }
     )
@@ -72,7 +85,7 @@ def entry_hash(
 
 
 def _locked_head(session: Session) -> tuple[int, str]:
-    """The chain's tip (seq, hash), locked until the caller's transaction ends.
+    """SQLite: the chain's tip (seq, hash), locked until the caller's transaction ends.
 
     On an empty log the head row does not exist yet, and ``FOR UPDATE`` locks nothing: two
     first entries would both become #1. So the row is created with ``ON CONFLICT DO NOTHING``
@@ -86,7 +99,7 @@ def _locked_head(session: Session) -> tuple[int, str]:
     connection = core(session)
     head = connection.execute(_LOCK_HEAD).first()
     if head is None:
-        connection.execute(_CREATE_HEAD[connection.dialect.name])
+        connection.execute(_CREATE_HEAD)
         head = connection.execute(_LOCK_HEAD).one()
     return int(head[0]), str(head[1])
 
@@ -94,12 +107,12 @@ def _locked_head(session: Session) -> tuple[int, str]:
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
 _LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
-_CREATE_HEAD = {
-    dialect: insert_fn(_HEAD)
+# PostgreSQL creates the head in walletguard_audit_chain (migration 0010).
+_CREATE_HEAD = (
+    sqlite_insert(_HEAD)
     .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
     .on_conflict_do_nothing(index_elements=[_HEAD.c.id])
-    for dialect, insert_fn in (("postgresql", postgresql_insert), ("sqlite", sqlite_insert))
-}
+)
 _AUDIT_TABLES = frozenset({"audit_log", "audit_head"})
 
 
@@ -144,17 +157,10 @@ def hash_prefix(entry: AuditEntry) -> str:
     and ``seq`` are the last keys of the canonical JSON, so the material is this, the previous
     hash, ``","seq":``, the number and ``}``. What PostgreSQL's ``walletguard_audit_chain``
     completes and hashes, without the application waiting for the head in between."""
-    material = canonical_json(
-        {
-            "at": entry.at.isoformat(timespec="microseconds"),
-            "event": entry.event,
-            "holder_id": str(entry.holder_id) if entry.holder_id else None,
-            "device_id": str(entry.device_id) if entry.device_id else None,
-            "ip": entry.ip,
-            "data": entry.data,
-        }
+    fields = _hashed_fields(
+        entry.at, entry.event, entry.holder_id, entry.device_id, entry.ip, entry.data
     )
-    return material[:-1] + ',"prev_hash":"'
+    return canonical_json(fields)[:-1] + ',"prev_hash":"'
 
 
 def _chain(session: Session, pending: list[AuditEntry]) -> None:

@@ -354,6 +354,18 @@ class _Prepared:
         self.row: Callable[[Iterable[Any]], Any] | None = None
         self.results: tuple[Callable[[Any], Any] | None, ...] = ()
 
+    def values(self, parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The parameters with the statement's own values, or None if one it needs is missing."""
+        values = {**self.defaults, **(parameters or {})}
+        return values if self.required.issubset(values) else None
+
+    def convert(self, values: dict[str, Any]) -> None:
+        """SQLAlchemy's converters applied to ``values``, in place (None stays None)."""
+        for name, convert in self.bind:
+            value = values.get(name)
+            if value is not None:
+                values[name] = convert(value)
+
     def learn_rows(self, description: Sequence[Any], dialect: Dialect) -> None:
         """The row class and column converters, from the first result's description. The
         converters are in place before the row class: another thread that finds the class set
@@ -425,8 +437,8 @@ class Core:
         if prepared is None:
             return self._through_sqlalchemy(statement, parameters)
         assert isinstance(prepared, _Prepared)
-        values = {**prepared.defaults, **cast(Mapping[str, Any], parameters or {})}
-        if not prepared.required.issubset(values):
+        values = prepared.values(cast(Mapping[str, Any] | None, parameters))
+        if values is None:
             return self._through_sqlalchemy(statement, parameters)  # SQLAlchemy's own error
         record = connection.connection
         driver: Any = record.driver_connection
@@ -434,10 +446,7 @@ class Core:
         if cursor is None or cursor.connection is not driver:
             cursor = record.info[_CURSOR] = driver.cursor()
         try:
-            for name, convert in prepared.bind:
-                value = values.get(name)
-                if value is not None:
-                    values[name] = convert(value)
+            prepared.convert(values)
             cursor.execute(prepared.sql, values)
             # The result's status, not ``cursor.description`` (a new list of column objects at
             # every look): whether the statement returned rows.
@@ -512,13 +521,10 @@ def _driver_form(
     if prepared is None:
         return None
     assert isinstance(prepared, _Prepared)
-    values = {**prepared.defaults, **(parameters or {})}
-    if not prepared.required.issubset(values):
+    values = prepared.values(parameters)
+    if values is None:
         return None
-    for name, convert in prepared.bind:
-        value = values.get(name)
-        if value is not None:
-            values[name] = convert(value)
+    prepared.convert(values)
     return prepared.sql, values
 
 
