@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pytest
 from sqlalchemy import (
@@ -103,6 +103,40 @@ def test_reads_return_what_sqlalchemy_returns(container: Container) -> None:
     ours, theirs = _both(container, _TEXT, {})
     assert tuple(ours[0]) == tuple(theirs[0])
     assert ours[0].n == 5
+
+
+class _Counter(NamedTuple):
+    key: str
+    failures: int
+    window_start: datetime
+
+
+def test_rows_come_as_the_callers_type_with_the_same_values(container: Container) -> None:
+    # ``row=``: each row made by the caller's factory from the converted values, on the fast
+    # path and through SQLAlchemy alike (a listener on the statements sends it that way).
+    with unit_of_work(container.sessions) as db:
+        for row in _rows(3):
+            core(db).execute(_INSERT, row)
+    with container.sessions() as db:
+        made = core(db).execute(_BY_PREFIX, {"prefix": "core:"}, row=_Counter._make).all()
+        plain = core(db).execute(_BY_PREFIX, {"prefix": "core:"}).all()
+        listened: list[str] = []
+
+        def listen(*_args: Any) -> None:
+            listened.append("seen")
+
+        event.listen(container.engine, "before_cursor_execute", listen)
+        try:
+            through = core(db).execute(_BY_PREFIX, {"prefix": "core:"}, row=_Counter._make)
+        finally:
+            event.remove(container.engine, "before_cursor_execute", listen)
+        db.rollback()
+    assert listened
+    for rows in (made, through.all()):
+        assert all(type(r) is _Counter for r in rows)
+        assert [tuple(r) for r in rows] == [tuple(r) for r in plain]
+    assert made[1] == _Counter("core:01", 1, AT + timedelta(minutes=1))
+    assert made[1].window_start.utcoffset() == timedelta(0)
 
 
 def test_the_result_answers_like_sqlalchemys(container: Container) -> None:

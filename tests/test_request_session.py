@@ -6,10 +6,13 @@ always given back."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -19,7 +22,7 @@ from walletguard.app import create_app
 from walletguard.bootstrap import Container
 from walletguard.kit.db import unit_of_work
 from walletguard.kit.errors import Conflict, TooManyAttempts
-from walletguard.kit.http import DbSession, in_one_unit_of_work
+from walletguard.kit.http import DbSession, WorkLimit, in_one_unit_of_work
 from walletguard.kit.ratelimit import AttemptCounter
 
 
@@ -60,19 +63,29 @@ def app(container: Container) -> FastAPI:
     # The same four, as a money endpoint runs its work.
     @app.post("/test/one-hop/rows/{key}")
     async def written_in_one_hop(key: str) -> dict[str, str]:
-        return await in_one_unit_of_work(container.sessions, lambda db: written(key, db))
+        return await in_one_unit_of_work(
+            container.sessions, lambda db: written(key, db), limit=container.money_requests
+        )
 
     @app.post("/test/one-hop/kept/{key}")
     async def kept_in_one_hop(key: str) -> None:
-        await in_one_unit_of_work(container.sessions, lambda db: refused_but_kept(key, db))
+        await in_one_unit_of_work(
+            container.sessions,
+            lambda db: refused_but_kept(key, db),
+            limit=container.money_requests,
+        )
 
     @app.post("/test/one-hop/refused/{key}")
     async def refused_in_one_hop(key: str) -> None:
-        await in_one_unit_of_work(container.sessions, lambda db: refused(key, db))
+        await in_one_unit_of_work(
+            container.sessions, lambda db: refused(key, db), limit=container.money_requests
+        )
 
     @app.post("/test/one-hop/commit-fails/{key}")
     async def commit_fails_in_one_hop(key: str) -> dict[str, str]:
-        return await in_one_unit_of_work(container.sessions, lambda db: commit_fails(key, db))
+        return await in_one_unit_of_work(
+            container.sessions, lambda db: commit_fails(key, db), limit=container.money_requests
+        )
 
     return app
 
@@ -136,3 +149,39 @@ def test_every_request_gives_its_connection_back(
         http.post(f"/test/{way}{path}/t:{uuid.uuid4()}")
     pool: Any = container.engine.pool
     assert pool.checkedout() == 0
+
+
+def test_no_more_units_of_work_under_one_limit_run_at_once_than_it_allows(
+    container: Container,
+) -> None:
+    # Six money requests at once under a limit of two: two run, the others wait their turn,
+    # and every one of them runs and commits in the end.
+    limit = WorkLimit(2)
+    lock = threading.Lock()
+    running = most = 0
+    keys = [f"limit:{uuid.uuid4()}" for _ in range(6)]
+
+    def work(key: str, db: Any) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            _write(db, key, container)
+            time.sleep(0.05)
+        finally:
+            with lock:
+                running -= 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            for key in keys:
+                tasks.start_soon(
+                    lambda key=key: in_one_unit_of_work(
+                        container.sessions, lambda db: work(key, db), limit=limit
+                    )
+                )
+
+    anyio.run(main)
+    assert most == 2
+    assert all(_stored(container, key) for key in keys)

@@ -604,7 +604,7 @@ def test_the_risk_read_sees_the_security_events_its_own_transaction_recorded(
     now = clock.now()
     with unit_of_work(container.sessions) as db:
         audit.record(db, clock, "security.phone_changed", holder_id=holder_id)
-        found = repository.recent_events(
-            db, holder_id, audit_since=now - timedelta(days=1), exposures_since=now
-        )
+        found = repository.holder_and_events(
+            db, holder_id, None, None, audit_since=now - timedelta(days=1), exposures_since=now
+        ).events
     assert "security.phone_changed" in [event for event, _at, _data in found.audit]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from walletguard.kit.clock import Clock, SystemClock
 from walletguard.kit.crypto import FieldCipher, PinHasher, load_cipher, load_pin_hasher
 from walletguard.kit.db import create_db_engine, make_session_factory
+from walletguard.kit.http import WorkLimit
 from walletguard.kit.settings import Settings
 
 
@@ -41,6 +42,8 @@ class Container:
     # A real hash of a random secret: unknown numbers are "verified" against it so a login for
     # a number without an account costs the same time as one for a real account.
     dummy_password_hash: str = field(repr=False)
+    # The money endpoints' share of the process (``kit.http.in_one_unit_of_work``).
+    money_requests: WorkLimit = field(repr=False)
     created_key_file: Path | None = None
 
     def close(self) -> None:
@@ -65,6 +68,7 @@ def build_container(
         hasher=hasher,
         pin_hasher=load_pin_hasher(settings, cipher),
         dummy_password_hash=hasher.hash(secrets.token_urlsafe(24)),
+        money_requests=WorkLimit(settings.money_concurrency),
         created_key_file=created,
     )
 

@@ -36,9 +36,21 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Protocol, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Insert, Table, Uuid, bindparam, func, insert, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from walletguard.alerts.channels import (
     CHANNELS,
@@ -173,6 +185,10 @@ class Recipient:
     # The bound number (E.164) for SMS; None sends no SMS.
     phone_e164: str | None
     language: Language = "zh-CN"
+    # The holder's channel settings as read already in this transaction (``SWITCHABLE``
+    # channel: its row, or None for none), read with something else on a hot path (the
+    # payment password's statement: ``channel_setting_columns``); None: read when raising.
+    channels: Mapping[str, ChannelSetting | None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -372,16 +388,61 @@ def _alert_and_deliveries(count: int) -> Insert:
     )
 
 
+# What a channel's view is made of (``ChannelSetting``), in this order.
+_SETTING_KEYS = (
+    "enabled",
+    "target_enc",
+    "secret_enc",
+    "pending_enabled",
+    "pending_target_enc",
+    "pending_secret_enc",
+    "pending_effective_at",
+)
+
+
+class ChannelColumns(NamedTuple):
+    """A channel's settings read alone (``ChannelSetting``), in ``_SETTING_KEYS`` order."""
+
+    enabled: bool
+    target_enc: str | None
+    secret_enc: str | None
+    pending_enabled: bool | None
+    pending_target_enc: str | None
+    pending_secret_enc: str | None
+    pending_effective_at: datetime | None
+
+
+def channel_setting_columns(
+    holder_id: ColumnElement[uuid.UUID] | InstrumentedAttribute[uuid.UUID],
+) -> tuple[list[Any], list[tuple[Any, ColumnElement[bool]]]]:
+    """For a statement of another capability that reads a holder anyway: the columns of the
+    holder's ``SWITCHABLE`` channels (``len(_SETTING_KEYS)`` each, in that order; NULLs for a
+    channel without a row) and the outer joins that bring them, to add to its own.
+    ``channel_settings_of`` makes the ``Recipient.channels`` of them."""
+    columns: list[Any] = []
+    joins: list[tuple[Any, ColumnElement[bool]]] = []
+    for channel in SWITCHABLE:
+        table = aliased(AlertChannel, name=f"channel_{channel}")
+        joins.append((table, and_(table.holder_id == holder_id, table.channel == literal(channel))))
+        columns.extend(getattr(table, key) for key in _SETTING_KEYS)
+    return columns, joins
+
+
+def channel_settings_of(values: Sequence[Any]) -> dict[str, ChannelSetting | None]:
+    """``Recipient.channels`` from the values of ``channel_setting_columns``: a channel whose
+    row is missing (its ``enabled`` NULL) is None, as ``channel_views`` finds it."""
+    width = len(_SETTING_KEYS)
+    found: dict[str, ChannelSetting | None] = {}
+    for index, channel in enumerate(SWITCHABLE):
+        part = values[index * width : (index + 1) * width]
+        found[channel] = None if part[0] is None else ChannelColumns._make(part)
+    return found
+
+
 # Built once; columns, not entities (every alert reads them).
 _CHANNEL_SETTINGS = select(
     AlertChannel.channel,
-    AlertChannel.enabled,
-    AlertChannel.target_enc,
-    AlertChannel.secret_enc,
-    AlertChannel.pending_enabled,
-    AlertChannel.pending_target_enc,
-    AlertChannel.pending_secret_enc,
-    AlertChannel.pending_effective_at,
+    *(getattr(AlertChannel, key) for key in _SETTING_KEYS),
 ).where(AlertChannel.holder_id == bindparam("holder_id", type_=Uuid()))
 
 
@@ -438,7 +499,11 @@ def _channels_for(
 ) -> list[str]:
     if kind.startswith("security.") and not env.settings.controls.security_alerts:
         return [IN_APP]
-    views = channel_views(db, recipient.holder_id, now)
+    if recipient.channels is not None:
+        read = recipient.channels
+        views = {channel: _view(channel, read.get(channel), now) for channel in CHANNELS}
+    else:
+        views = channel_views(db, recipient.holder_id, now)
     chosen = [IN_APP]
     for channel in (SMS, EMAIL, WEBHOOK):
         view = views[channel]

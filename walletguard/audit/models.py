@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, String, Text, Uuid
+from sqlalchemy import BigInteger, Index, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from walletguard.kit.db import Base
@@ -13,11 +13,14 @@ from walletguard.kit.db import Base
 
 class AuditEntry(Base):
     __tablename__ = "audit_log"
+    # A holder's events of some kinds since a moment (every risk decision reads them): short
+    # ranges of the index, however long the holder's history (migration 0011).
+    __table_args__ = (Index("ix_audit_log_holder_id_event_at", "holder_id", "event", "at"),)
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[datetime]
     event: Mapped[str] = mapped_column(String(64), index=True)
-    holder_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
+    holder_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     device_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     ip: Mapped[str | None] = mapped_column(String(64))
     # Canonical JSON (sorted keys, no spaces) exactly as hashed; never holds raw PII.

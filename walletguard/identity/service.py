@@ -10,12 +10,12 @@ from __future__ import annotations
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import Select, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,10 +71,21 @@ _TOUCH_DEVICE = (
     .where(Device.id == bindparam("device_id"))
     .values(last_seen_at=bindparam("now"), last_seen_ip=bindparam("ip"))
 )
+_CHANNEL_COLUMNS, _CHANNEL_JOINS = alerts.channel_setting_columns(Holder.id)
+
+
+def _with_channels(statement: Select[Any]) -> Select[Any]:
+    """The statement with the holder's alert channels joined (``_CHANNEL_COLUMNS``)."""
+    for table, on in _CHANNEL_JOINS:
+        statement = statement.outerjoin(table, on)
+    return statement
+
+
 # What a movement's payment password is checked against, in one read: the PIN hash, whom the
-# movement's alert goes to, and what its cooling-off cap is computed from (the holder's payment
+# movement's alert goes to and on which channels (``Payer.recipient.channels``: the alert does
+# not read them again), and what its cooling-off cap is computed from (the holder's payment
 # hold, the paying device's state columns: ``guards.daily_cap_of``).
-_PAYER = (
+_PAYER = _with_channels(
     select(
         Holder.payment_pin_hash,
         Holder.phone_enc,
@@ -82,16 +93,16 @@ _PAYER = (
         Holder.payments_hold_until,
         Device.id,
         *guards.DEVICE_COLUMNS,
+        *_CHANNEL_COLUMNS,
     )
     .select_from(Holder)
     .outerjoin(Device, and_(Device.id == bindparam("device_id"), Device.holder_id == Holder.id))
-    .where(Holder.id == bindparam("holder_id"))
-)
+).where(Holder.id == bindparam("holder_id"))
 
 # On PostgreSQL with the PIN's attempt counter held in the same statement (``held_counter``:
 # created or locked as ``AttemptCounters.hold`` does), its three columns first.
 _HELD_PIN = held_counter()
-_PAYER_HELD = (
+_PAYER_HELD = _with_channels(
     select(
         _HELD_PIN.c.failures,
         _HELD_PIN.c.locked_until,
@@ -105,7 +116,8 @@ _PAYER_HELD = (
 
 
 class _PayerRow(NamedTuple):
-    """A row of ``_PAYER`` (or the holder's part of ``_PAYER_HELD``)."""
+    """The first columns of a row of ``_PAYER`` (or of the holder's part of ``_PAYER_HELD``);
+    the alert channels' follow (``_CHANNELS_AT``)."""
 
     payment_pin_hash: str | None
     phone_enc: str
@@ -116,6 +128,9 @@ class _PayerRow(NamedTuple):
     revoked_at: datetime | None
     first_seen_at: datetime | None
     cooling_off_until: datetime | None
+
+
+_CHANNELS_AT = len(_PayerRow._fields)
 
 
 @dataclass(frozen=True)
@@ -938,7 +953,7 @@ class IdentityService:
             found = core(self.db).execute(_PAYER, params).first()
         if found is None:
             raise NotFound("identity.holder.not_found")
-        holder = _PayerRow._make(found)
+        holder = _PayerRow._make(found[:_CHANNELS_AT])
         stored = holder.payment_pin_hash
         if stored is None:
             raise PaymentPasswordNotSet("identity.pin.not_set")
@@ -983,8 +998,6 @@ class IdentityService:
         if held.failures or held.locked_until is not None:
             self.counters.reset(key)
         device = None if holder.device_id is None else guards.DeviceColumns._make(holder[5:])
-        return Payer(
-            recipient_from(self.env, holder_id, holder.phone_enc, holder.language),
-            holder.payments_hold_until,
-            device,
-        )
+        recipient = recipient_from(self.env, holder_id, holder.phone_enc, holder.language)
+        channels = alerts.channel_settings_of(found[_CHANNELS_AT:])
+        return Payer(replace(recipient, channels=channels), holder.payments_hold_until, device)

@@ -420,7 +420,12 @@ class Core:
         self,
         statement: Executable,
         parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        row: Callable[[Iterable[Any]], Any] | None = None,
     ) -> Rows:
+        """``row``: what makes each row from its values in column order (a ``NamedTuple``'s
+        ``_make``), instead of a row class of the statement's own: the rows come as the
+        caller's type, made once."""
         connection = self.connection
         if (
             self.dialect.name != "postgresql"
@@ -430,16 +435,16 @@ class Core:
             or connection._echo
             or _listened(connection)
         ):
-            return self._through_sqlalchemy(statement, parameters)
+            return self._through_sqlalchemy(statement, parameters, row)
         prepared = _PREPARED.get(statement, _PREPARED)
         if prepared is _PREPARED:
             prepared = _prepare(statement, self.dialect)
         if prepared is None:
-            return self._through_sqlalchemy(statement, parameters)
+            return self._through_sqlalchemy(statement, parameters, row)
         assert isinstance(prepared, _Prepared)
         values = prepared.values(cast(Mapping[str, Any] | None, parameters))
         if values is None:
-            return self._through_sqlalchemy(statement, parameters)  # SQLAlchemy's own error
+            return self._through_sqlalchemy(statement, parameters, row)  # SQLAlchemy's own error
         record = connection.connection
         driver: Any = record.driver_connection
         cursor = record.info.get(_CURSOR)
@@ -459,7 +464,7 @@ class Core:
             return Rows(rows, cursor.rowcount)
         if prepared.row is None:
             prepared.learn_rows(cursor.description, self.dialect)
-        make = prepared.row
+        make = row or prepared.row
         assert make is not None
         results = prepared.results
         if results:
@@ -475,11 +480,13 @@ class Core:
         self,
         statement: Executable,
         parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
+        row: Callable[[Iterable[Any]], Any] | None = None,
     ) -> Rows:
         result = self.connection.execute(statement, parameters)
-        if result.returns_rows:
-            return Rows(result.all(), result.rowcount)
-        return Rows([], result.rowcount)
+        if not result.returns_rows:
+            return Rows([], result.rowcount)
+        rows = result.all()
+        return Rows([row(r) for r in rows] if row else rows, result.rowcount)
 
 
 def send_before_commit(

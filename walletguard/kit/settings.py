@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     registration_sms_per_hour: int = Field(default=5, ge=1)
 
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Money requests (top-ups, withdrawals, payments, transfers, the confirm and cancel of a
+    # pending one) a server process works on at once; the others wait their turn, in order.
+    # Each holds its transaction's row locks while it runs, and the process runs Python one
+    # thread at a time: more at once only lengthens every one of them (bench/bench_payments.py).
+    money_concurrency: int = Field(default=8, ge=1)
 
     # Multi-factor and device trust (identity, SPEC C2/C3).
     # A step-up grant is good for one sensitive action within this many minutes.

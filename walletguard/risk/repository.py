@@ -81,44 +81,6 @@ _FACTS = (
     .subquery("facts")
 )
 
-# The holder's facts on every row of its devices (one row of facts and NULL device columns
-# when it has none that count): one round trip for both.
-_HOLDER_AND_DEVICES = select(
-    _FACTS.c.opened_at,
-    _FACTS.c.last_sim_swap,
-    _FACTS.c.payee_payments,
-    _FACTS.c.payee_trusted_at,
-    _DEVICES.c.id,
-    _DEVICES.c.client_device_id,
-    _DEVICES.c.first_seen_ip,
-    _DEVICES.c.last_seen_ip,
-    _DEVICES.c.first_seen_at,
-    _DEVICES.c.last_seen_at,
-    _DEVICES.c.trust,
-    _DEVICES.c.revoked_at,
-    _DEVICES.c.cooling_off_until,
-).select_from(
-    _FACTS.outerjoin(
-        _DEVICES,
-        and_(
-            _DEVICES.c.holder_id == bindparam("holder_id"),
-            or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
-        ),
-    )
-)
-
-_AUDIT_EVENTS = select(
-    literal(0).label("source"),
-    _AUDIT.c.event,
-    _AUDIT.c.at,
-    _AUDIT.c.data,
-    null().cast(String).label("payee_key"),
-).where(
-    _AUDIT.c.holder_id == bindparam("holder_id"),
-    _AUDIT.c.at >= bindparam("audit_since"),
-    one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
-)
-
 _HISTORY = (
     select(
         _DECISIONS.c.created_at,
@@ -143,6 +105,60 @@ _HISTORY = (
     .limit(HISTORY_ROWS)
 )
 
+# One statement before every decision, its rows told apart by ``source``: the holder's facts
+# on each of its devices (0: one row of facts and NULL device columns when it has none that
+# count), its security events (1) and (at most 50 of) its scam exposures (2). Each row carries
+# its own part's columns, NULLs of the same types in the others'.
+_FACT_COLUMNS = (
+    _FACTS.c.opened_at,
+    _FACTS.c.last_sim_swap,
+    _FACTS.c.payee_payments,
+    _FACTS.c.payee_trusted_at,
+)
+_DEVICE_COLUMNS = (
+    _DEVICES.c.id,
+    _DEVICES.c.client_device_id,
+    _DEVICES.c.first_seen_ip,
+    _DEVICES.c.last_seen_ip,
+    _DEVICES.c.first_seen_at,
+    _DEVICES.c.last_seen_at,
+    _DEVICES.c.trust,
+    _DEVICES.c.revoked_at,
+    _DEVICES.c.cooling_off_until,
+)
+_HOLDER_COLUMNS = _FACT_COLUMNS + _DEVICE_COLUMNS
+_EVENT_COLUMNS = (_AUDIT.c.event, _AUDIT.c.at, _AUDIT.c.data, _EXPOSURES.c.payee_key)
+
+
+def _nulls(columns: Sequence[Any]) -> list[Any]:
+    return [null().cast(column.type) for column in columns]
+
+
+_HOLDER_AND_DEVICES = select(
+    literal(0).label("source"), *_HOLDER_COLUMNS, *_nulls(_EVENT_COLUMNS)
+).select_from(
+    _FACTS.outerjoin(
+        _DEVICES,
+        and_(
+            _DEVICES.c.holder_id == bindparam("holder_id"),
+            or_(_DEVICES.c.revoked_at.is_(None), _DEVICES.c.id == bindparam("device_id")),
+        ),
+    )
+)
+
+_AUDIT_EVENTS = select(
+    literal(1),
+    *_nulls(_HOLDER_COLUMNS),
+    _AUDIT.c.event,
+    _AUDIT.c.at,
+    _AUDIT.c.data,
+    null().cast(String),
+).where(
+    _AUDIT.c.holder_id == bindparam("holder_id"),
+    _AUDIT.c.at >= bindparam("audit_since"),
+    one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
+)
+
 _EXPOSURES_SINCE = (
     select(_EXPOSURES.c.received_at, _EXPOSURES.c.payee_key)
     .where(
@@ -153,11 +169,13 @@ _EXPOSURES_SINCE = (
     .limit(50)
     .subquery()
 )
-# Both in one round trip: the audit events and (at most 50 of) the scam exposures.
-_RECENT_EVENTS = union_all(
+
+_HOLDER_AND_EVENTS = union_all(
+    _HOLDER_AND_DEVICES,
     _AUDIT_EVENTS,
     select(
-        literal(1),
+        literal(2),
+        *_nulls(_HOLDER_COLUMNS),
         null().cast(String),
         _EXPOSURES_SINCE.c.received_at,
         null().cast(Text),
@@ -215,31 +233,6 @@ class HolderFacts(NamedTuple):
     payee: PayeeStats | None
 
 
-def holder_and_devices(
-    db: Session, holder_id: uuid.UUID, payee_key: str | None, device_id: uuid.UUID | None
-) -> tuple[HolderFacts, list[DeviceSeen]]:
-    """When the account was opened, the last SIM swap of its bound number, what the holder
-    paid this payee before, and the holder's devices not revoked (and the acting one even if
-    it is) — one round trip before every decision.
-
-    A read-only look into identity's and messages' tables by the phone's blind index, instead
-    of decrypting the profile and asking twice."""
-    rows = (
-        core(db)
-        .execute(
-            _HOLDER_AND_DEVICES,
-            {"holder_id": holder_id, "payee_key": payee_key, "device_id": device_id},
-        )
-        .all()
-    )
-    if not rows:
-        raise NoResultFound(f"no holder {holder_id}")
-    first = rows[0]
-    payee = PayeeStats(int(first[2]), first[3]) if first[2] is not None else None
-    facts = HolderFacts(first[0], first[1], payee)
-    return facts, [DeviceSeen._make(row[4:]) for row in rows if row[4] is not None]
-
-
 class RecentEvents(NamedTuple):
     # (event, at, data) of the holder's audit events named in AUDIT_STEPS, in no order.
     audit: list[tuple[str, datetime, str]]
@@ -247,27 +240,63 @@ class RecentEvents(NamedTuple):
     exposures: list[tuple[datetime, str | None]]
 
 
-def recent_events(
-    db: Session, holder_id: uuid.UUID, *, audit_since: datetime, exposures_since: datetime
-) -> RecentEvents:
-    """The holder's security events since ``audit_since`` and scam exposures since
-    ``exposures_since``: one statement. The entries this transaction recorded are chained
-    first (what a read of the audit log through the session does by itself), so they are
-    among them; then what the session changed is flushed, as a session read would."""
+class HolderAndEvents(NamedTuple):
+    facts: HolderFacts
+    devices: list[DeviceSeen]
+    events: RecentEvents
+
+
+_FIRST_DEVICE = 1 + len(_FACT_COLUMNS)
+_FIRST_EVENT = 1 + len(_HOLDER_COLUMNS)
+
+
+def holder_and_events(
+    db: Session,
+    holder_id: uuid.UUID,
+    payee_key: str | None,
+    device_id: uuid.UUID | None,
+    *,
+    audit_since: datetime,
+    exposures_since: datetime,
+) -> HolderAndEvents:
+    """When the account was opened, the last SIM swap of its bound number, what the holder
+    paid this payee before, the holder's devices not revoked (and the acting one even if it
+    is), its security events since ``audit_since`` and its scam exposures since
+    ``exposures_since`` — one statement before every decision.
+
+    A read-only look into identity's and messages' tables by the phone's blind index, instead
+    of decrypting the profile and asking twice. The audit entries this transaction recorded
+    are chained first (what a read of the audit log through the session does by itself), so
+    they are among the events; then what the session changed is flushed, as a session read
+    would."""
     audit.chain_pending(db)
     db.flush()
     params = {
         "holder_id": holder_id,
+        "payee_key": payee_key,
+        "device_id": device_id,
         "audit_since": audit_since,
         "exposures_since": exposures_since,
     }
-    found = RecentEvents([], [])
-    for source, event, at, data, payee_key in core(db).execute(_RECENT_EVENTS, params):
+    facts: HolderFacts | None = None
+    devices: list[DeviceSeen] = []
+    events = RecentEvents([], [])
+    event, at, data, exposure_payee = range(_FIRST_EVENT, _FIRST_EVENT + 4)
+    for row in core(db).execute(_HOLDER_AND_EVENTS, params):
+        source = row[0]
         if source == 0:
-            found.audit.append((event, at, data))
+            if facts is None:
+                payee = PayeeStats(int(row[3]), row[4]) if row[3] is not None else None
+                facts = HolderFacts(row[1], row[2], payee)
+            if row[_FIRST_DEVICE] is not None:
+                devices.append(DeviceSeen._make(row[_FIRST_DEVICE:_FIRST_EVENT]))
+        elif source == 1:
+            events.audit.append((row[event], row[at], row[data]))
         else:
-            found.exposures.append((at, payee_key))
-    return found
+            events.exposures.append((row[at], row[exposure_payee]))
+    if facts is None:
+        raise NoResultFound(f"no holder {holder_id}")
+    return HolderAndEvents(facts, devices, events)
 
 
 class Past(NamedTuple):
@@ -293,8 +322,7 @@ def history(
     """The holder's decisions since then, newest first (bounded); ``same_session`` says which
     were made in ``session_id``."""
     params = {"holder_id": holder_id, "since": since, "session_id": session_id}
-    rows = core(db).execute(_HISTORY, params)
-    return [Past._make(row) for row in rows]
+    return core(db).execute(_HISTORY, params, row=Past._make).all()
 
 
 class PaidPayee(NamedTuple):

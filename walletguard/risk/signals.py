@@ -135,14 +135,19 @@ class SignalReader:
     def read(self, event: RiskEvent, now: datetime, lookback: timedelta) -> Facts:
         db = self.db
         # The reads below are Core statements, which do not autoflush: what the caller has
-        # written in this transaction (a device just added, a login just audited) must count.
-        db.flush()
+        # written in this transaction (a device just added, a login just audited) must count,
+        # so the first of them (``holder_and_events``) chains the pending audit entries and
+        # flushes the session before it reads.
         s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
         payee_key = self.payee_key(event.payee) if event.payee else None
-        facts, known = repository.holder_and_devices(
-            db, event.holder_id, payee_key, event.device_id
+        (opened_at, last_sim_swap, stats), known, events = repository.holder_and_events(
+            db,
+            event.holder_id,
+            payee_key,
+            event.device_id,
+            audit_since=now - lookback,
+            exposures_since=now - DAY,
         )
-        opened_at, last_sim_swap, stats = facts
         device = next((d for d in known if d.id == event.device_id), None)
         devices = [d for d in known if d.revoked_at is None]
 
@@ -213,9 +218,6 @@ class SignalReader:
         # -- recent security events ----------------------------------------------------------
         latest: dict[str, datetime] = {}
         timeline: list[tuple[datetime, frozenset[str]]] = []
-        events = repository.recent_events(
-            db, event.holder_id, audit_since=now - lookback, exposures_since=now - DAY
-        )
         for name, at, data in events.audit:
             step = repository.AUDIT_STEPS[name]
             tags = {step}

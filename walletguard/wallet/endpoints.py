@@ -318,7 +318,7 @@ async def _movement(
             rendered(service, principal),
         )
 
-    return await in_one_unit_of_work(env.sessions, work)
+    return await in_one_unit_of_work(env.sessions, work, limit=env.money_requests)
 
 
 def _rendered_as_is(service: WalletService, principal: Principal) -> Render:

@@ -15,11 +15,13 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -77,6 +79,19 @@ class LedgerTransaction(Base):
     """One money movement: who, from which device and IP, how much, and where it stands."""
 
     __tablename__ = "ledger_transactions"
+    __table_args__ = (
+        # A holder's movements since a moment (the day's, for the limits; the history, newest
+        # first) and a holder's pending ones: ranges of the holder's rows, however many the
+        # holder has (migration 0011).
+        Index("ix_ledger_transactions_holder_id_created_at", "holder_id", "created_at"),
+        Index(
+            "ix_ledger_transactions_holder_id_pending",
+            "holder_id",
+            "expires_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     # top_up | withdraw | payment | transfer | refund
@@ -86,7 +101,7 @@ class LedgerTransaction(Base):
     # Why it was voided or failed: expired, cancelled, tries_exhausted, transactions_closed,
     # card_unbound, card_blocked, card_funds_insufficient.
     status_reason: Mapped[str | None] = mapped_column(String(32))
-    holder_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("holders.id"), index=True)
+    holder_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("holders.id"))
     # The receiving holder of a transfer (and of its refund's money back).
     counterparty_holder_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("holders.id"), index=True

@@ -14,9 +14,9 @@ from sqlalchemy import (
     Table,
     Uuid,
     bindparam,
-    case,
     delete,
     func,
+    literal_column,
     or_,
     select,
     true,
@@ -26,7 +26,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
+from walletguard.kit.db import (
+    UtcDateTime,
+    core,
+    is_postgres,
+    one_of,
+)
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,
@@ -246,18 +251,27 @@ def _movement_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
     since = bindparam("since", type_=UtcDateTime())
     now = bindparam("now", type_=UtcDateTime())
     holder = bindparam("facts_holder", type_=Uuid())
-    counted = case(
-        (
-            (txn.created_at >= since)
-            & one_of(txn.kind, counted_kinds)
-            & one_of(txn.status, LIVE_MOVEMENT_STATUSES),
-            txn.amount_fen,
-        ),
-        else_=0,
+    # Two ranges of the holder's rows by index, not every row the holder ever had: the day's
+    # movements ((holder_id, created_at)) and the pending ones (the partial index, which the
+    # planner can use because 'pending' is written into the SQL).
+    spent = (
+        select(func.coalesce(func.sum(txn.amount_fen), 0))
+        .where(
+            txn.holder_id == holder,
+            txn.created_at >= since,
+            one_of(txn.kind, counted_kinds),
+            one_of(txn.status, LIVE_MOVEMENT_STATUSES),
+        )
+        .scalar_subquery()
     )
-    expired = case(
-        ((txn.status == "pending") & txn.expires_at.is_not(None) & (txn.expires_at <= now), 1),
-        else_=0,
+    expired = (
+        select(txn.id)
+        .where(
+            txn.holder_id == holder,
+            txn.status == literal_column("'pending'"),
+            txn.expires_at <= now,
+        )
+        .exists()
     )
     has_settings = (
         select(_LIMITS.c.id)
@@ -270,11 +284,11 @@ def _movement_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
         .scalar_subquery()
     )
     return select(
-        func.coalesce(func.sum(counted), 0).label("spent_today_fen"),
-        func.coalesce(func.max(expired), 0).label("expired_pending"),
+        spent.label("spent_today_fen"),
+        expired.label("expired_pending"),
         has_settings.label("has_limit_settings"),
         available.label("available_fen"),
-    ).where(txn.holder_id == holder, (txn.created_at >= since) | (txn.status == "pending"))
+    )
 
 
 def _facts_of(row: Sequence[Any]) -> MovementFacts:
