@@ -353,7 +353,11 @@ def channel_views(db: Session, holder_id: uuid.UUID, now: datetime) -> dict[str,
     # connection (see kit.db.core).
     db.flush()
     settings = core(db).execute(_CHANNEL_SETTINGS, {"holder_id": holder_id})
-    rows = {row.channel: row for row in settings}
+    return _views_of({row.channel: row for row in settings}, now)
+
+
+def _views_of(rows: Mapping[str, ChannelSetting | None], now: datetime) -> dict[str, ChannelView]:
+    """Every channel's view at ``now`` from the holder's rows by channel (none: the default)."""
     return {channel: _view(channel, rows.get(channel), now) for channel in CHANNELS}
 
 
@@ -500,8 +504,7 @@ def _channels_for(
     if kind.startswith("security.") and not env.settings.controls.security_alerts:
         return [IN_APP]
     if recipient.channels is not None:
-        read = recipient.channels
-        views = {channel: _view(channel, read.get(channel), now) for channel in CHANNELS}
+        views = _views_of(recipient.channels, now)
     else:
         views = channel_views(db, recipient.holder_id, now)
     chosen = [IN_APP]

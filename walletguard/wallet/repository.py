@@ -26,12 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.kit.db import (
-    UtcDateTime,
-    core,
-    is_postgres,
-    one_of,
-)
+from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
 from walletguard.wallet.models import (
     Card,
     IdempotencyRecord,

@@ -5,7 +5,7 @@ Revises: 0010
 Create Date: 2026-12-03 07:00:00
 
 Before every movement and every risk decision two reads look at one holder's recent past: the
-security events of the last days (``walletguard.risk.repository.recent_events``) and the
+security events of the last days (``walletguard.risk.repository.holder_and_events``) and the
 movements since local midnight plus any pending one (``walletguard.wallet.repository``'s
 movement facts). Both found the holder's rows through an index on ``holder_id`` alone and
 filtered every row the holder ever had: a holder with a few thousand entries paid a millisecond
