@@ -321,3 +321,53 @@ def test_a_types_own_converters_run_both_ways(container: Container) -> None:
     for _ in range(2):  # compiled on the first, from the cache on the second
         ours, theirs = _both(container, statement, {"key": "CORE:00"})
         assert [r.key for r in ours] == [r.key for r in theirs] == ["CORE:00"]
+
+
+def test_only_the_columns_with_a_converter_are_converted(container: Container) -> None:
+    # A converted column between plain ones: each value lands in its own column, and the
+    # timestamps come in Python's own UTC (on PostgreSQL straight from psycopg, the connection
+    # being in UTC; on SQLite UtcDateTime adds the zone).
+    statement = (
+        select(
+            _COUNTERS.c.failures,
+            type_coerce(_COUNTERS.c.key, _Shouted()).label("key"),
+            _COUNTERS.c.window_start,
+            _COUNTERS.c.locked_until,
+        )
+        .where(_COUNTERS.c.key.startswith(bindparam("prefix"), autoescape=False))
+        .order_by(_COUNTERS.c.key)
+    )
+    with unit_of_work(container.sessions) as db:
+        for row in _rows(3, prefix="sparse:"):
+            core(db).execute(_INSERT, row)
+    for _ in range(2):  # the converters learnt on the first, used as learnt on the second
+        ours, theirs = _both(container, statement, {"prefix": "sparse:"})
+        assert [tuple(r) for r in ours] == [tuple(r) for r in theirs]
+        assert [(r.failures, r.key) for r in ours] == [
+            (0, "SPARSE:00"),
+            (1, "SPARSE:01"),
+            (2, "SPARSE:02"),
+        ]
+        assert [r.window_start for r in ours] == [AT + timedelta(minutes=i) for i in range(3)]
+        assert all(r.window_start.tzinfo is UTC and r.locked_until is None for r in ours)
+
+
+def test_a_connection_in_another_zone_still_reads_utc(container: Container) -> None:
+    # What makes skipping UtcDateTime's conversion safe is the connection's zone: one that is
+    # not known to be in UTC converts every timestamp, as SQLAlchemy does.
+    if container.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps no zone of its own")
+    with unit_of_work(container.sessions) as db:
+        core(db).execute(_INSERT, _rows(1, prefix="zone:")[0])
+    with container.sessions() as db:
+        record = db.connection().connection
+        assert record.info.get(kit_db._IN_UTC) is True
+        db.execute(text("SET LOCAL TIME ZONE 'Asia/Shanghai'"))
+        del record.info[kit_db._IN_UTC]
+        try:
+            (row,) = core(db).execute(_BY_PREFIX, {"prefix": "zone:"}).all()
+            assert row.window_start == AT
+            assert row.window_start.tzinfo is UTC
+        finally:
+            db.rollback()
+            record.info[kit_db._IN_UTC] = True

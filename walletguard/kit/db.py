@@ -123,14 +123,16 @@ def create_db_engine(
     _send_last_statements_with_commit(engine)
 
     @event.listens_for(engine, "connect")
-    def _postgres_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    def _postgres_utc(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
         # Timestamps come back in the session's time zone. In UTC psycopg gives them Python's
         # own UTC, and UtcDateTime's astimezone(UTC) returns them as they are; in any other zone
         # (the server's default, whatever it is) each one would be converted on every read.
-        # Nothing here depends on the session's zone otherwise: local days are worked out in
-        # Python (wallet.limits.local_midnight).
+        # Core's reads on such a connection skip that identity conversion altogether (a decision
+        # reads up to 200 rows of history). Nothing here depends on the session's zone
+        # otherwise: local days are worked out in Python (wallet.limits.local_midnight).
         dbapi_conn.execute("SET TIME ZONE 'UTC'")
         dbapi_conn.commit()
+        record.info[_IN_UTC] = True
 
     return engine
 
@@ -339,7 +341,17 @@ class _Prepared:
     carries itself, SQLAlchemy's converters for the parameters and (after the first run, from
     the cursor's description) for the columns, and the class of its rows."""
 
-    __slots__ = ("bind", "columns", "defaults", "keys", "required", "results", "row", "sql")
+    __slots__ = (
+        "bind",
+        "columns",
+        "defaults",
+        "keys",
+        "required",
+        "results",
+        "results_in_utc",
+        "row",
+        "sql",
+    )
 
     def __init__(self, compiled: Any) -> None:
         self.sql: str = compiled.string
@@ -352,7 +364,10 @@ class _Prepared:
         self.keys = [column.keyname for column in columns]
         self.columns = [column.type for column in columns]
         self.row: Callable[[Iterable[Any]], Any] | None = None
-        self.results: tuple[Callable[[Any], Any] | None, ...] = ()
+        # (column index, converter) for the columns that have one; ``results_in_utc`` leaves out
+        # what a connection in UTC needs no converter for (``_Prepared.learn_rows``).
+        self.results: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+        self.results_in_utc: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
     def values(self, parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """The parameters with the statement's own values, or None if one it needs is missing."""
@@ -372,11 +387,22 @@ class _Prepared:
         (the sign that this is done) finds the converters too."""
         keys = self.keys if len(self.keys) == len(description) else [d.name for d in description]
         if len(self.columns) == len(description):
-            found = tuple(
-                type_._cached_result_processor(dialect, column.type_code)
-                for type_, column in zip(self.columns, description, strict=True)
+            found = [
+                (index, type_._cached_result_processor(dialect, column.type_code))
+                for index, (type_, column) in enumerate(zip(self.columns, description, strict=True))
+            ]
+            results = tuple((index, f) for index, f in found if f is not None)
+            # A timestamptz read on a connection in UTC comes from psycopg in Python's own UTC,
+            # which UtcDateTime returns as it is: no call per value for it there.
+            self.results_in_utc = tuple(
+                (index, f)
+                for index, f in results
+                if not (
+                    isinstance(self.columns[index], UtcDateTime)
+                    and description[index].type_code == _TIMESTAMPTZ_OID
+                )
             )
-            self.results = found if any(found) else ()
+            self.results = results
         self.row = cast(Any, namedtuple)("Row", keys, rename=True)._make
 
 
@@ -391,6 +417,8 @@ def _fast_path_for(compiled: Any) -> bool:
     )
 
 
+_TIMESTAMPTZ_OID = 1184  # PostgreSQL's type of a timestamp with time zone
+_IN_UTC = "walletguard.in_utc"  # in a pooled connection's info: its session's zone is UTC
 _PREPARED: weakref.WeakKeyDictionary[Executable, _Prepared | None] = weakref.WeakKeyDictionary()
 _CURSOR = "walletguard.cursor"
 
@@ -466,14 +494,15 @@ class Core:
             prepared.learn_rows(cursor.description, self.dialect)
         make = row or prepared.row
         assert make is not None
-        results = prepared.results
-        if results:
-            made = [
-                make([v if f is None else f(v) for f, v in zip(results, row, strict=True)])
-                for row in rows
-            ]
-        else:
-            made = [make(row) for row in rows]
+        converters = prepared.results_in_utc if record.info.get(_IN_UTC) else prepared.results
+        if not converters:
+            return Rows([make(values) for values in rows], cursor.rowcount)
+        made = []
+        for values in rows:
+            converted = list(values)
+            for index, convert in converters:
+                converted[index] = convert(converted[index])
+            made.append(make(converted))
         return Rows(made, cursor.rowcount)
 
     def _through_sqlalchemy(
