@@ -432,10 +432,12 @@ class Core:
     each execution hands its SQL and converted parameters straight to psycopg on one cursor
     kept with the pooled connection: SQLAlchemy's execution context, result object and cursor
     per statement are about as much CPU again as psycopg's own work (``bench/statement_floor.py``).
-    The parameters and the columns go through the same type converters SQLAlchemy applies, and
-    a driver error is raised as SQLAlchemy raises it (``IntegrityError``; a lost connection
-    invalidated, ``connection_invalidated`` set, kit.errors answers 503). Everything else (SQLite,
-    many parameter sets, a statement rendered per execution) runs through SQLAlchemy.
+    The parameters and the columns go through the same type converters SQLAlchemy applies (only
+    the columns that have one; on a connection in UTC not UtcDateTime's, which would return
+    psycopg's timestamps as they are), and a driver error is raised as SQLAlchemy raises it
+    (``IntegrityError``; a lost connection invalidated, ``connection_invalidated`` set, kit.errors
+    answers 503). Everything else (SQLite, many parameter sets, a statement rendered per
+    execution) runs through SQLAlchemy.
     """
 
     __slots__ = ("connection", "dialect")
