@@ -13,8 +13,10 @@ this is for; the time of a payment under load is measured by ``bench/bench_payme
 
 ``--cpu N`` then times N more payments one at a time, each beside a ``GET /healthz`` on the
 same client, and prints the median CPU of this process for each (the app's threads and the test
-client's together). Nothing else runs in the process and nothing waits on another request, so
-it moves far less from run to run than HTTP load does on a shared machine: it is for telling
+client's together) and, on PostgreSQL, the mean CPU of the database's server processes a
+payment (a change that moves work from Python into SQL shows there: on this machine both share
+the same cores). Nothing else runs in the process and nothing waits on another request, so it
+moves far less from run to run than HTTP load does on a shared machine: it is for telling
 whether a change to the payment path made it cheaper (run it on both versions, alternately).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import secrets
 import statistics
 import sys
@@ -37,7 +40,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,11 +126,15 @@ def main() -> None:
         with paying_holder(container) as pay:
             trace(container, pay, verbose=args.verbose)
             if args.cpu:
-                payment_ms, health_ms = cpu_per_request(pay, args.cpu)
+                payment_ms, health_ms, database_ms = cpu_per_request(
+                    pay, args.cpu, container.engine
+                )
                 print(
                     f"CPU a payment (median of {args.cpu}, in process, test client included): "
                     f"{payment_ms:.2f} ms; a GET /healthz on the same client: {health_ms:.2f} ms"
                 )
+                if database_ms is not None:
+                    print(f"PostgreSQL's CPU a payment (mean of {args.cpu}): {database_ms:.2f} ms")
         container.close()
 
 
@@ -214,16 +221,20 @@ def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, st
     return seen
 
 
-def cpu_per_request(pay: _Payer, count: int) -> tuple[float, float]:
+def cpu_per_request(pay: _Payer, count: int, engine: Any) -> tuple[float, float, float | None]:
     """Median CPU of this process (every thread: the app's and the test client's) for one
     payment, and for one ``GET /healthz`` on the same client (what the client and the framework
-    cost around any request), in ms, over ``count`` of each after a warm-up. Requests run one
-    at a time, nothing else in the process: a steadier figure than HTTP load on a shared
-    machine, for comparing two versions of the payment path."""
+    cost around any request), in ms, over ``count`` of each after a warm-up; and, on
+    PostgreSQL, the mean CPU of the database's server processes a payment (Linux /proc, whole
+    ticks: a total over the run, divided). Requests run one at a time, nothing else in the
+    process: a steadier figure than HTTP load on a shared machine, for comparing two versions
+    of the payment path (both sides: work moved into SQL shows in the second figure)."""
     client = pay.client
     for _ in range(10):
         pay()
         client.get("/healthz")
+    backends = _backends(engine)
+    database_started = _ticks(backends)
     payments, health = [], []
     for _ in range(count):
         started = time.process_time()
@@ -232,7 +243,34 @@ def cpu_per_request(pay: _Payer, count: int) -> tuple[float, float]:
         started = time.process_time()
         client.get("/healthz")
         health.append(time.process_time() - started)
-    return statistics.median(payments) * 1000, statistics.median(health) * 1000
+    database_ms = None
+    if backends:
+        database_ms = (_ticks(backends) - database_started) / os.sysconf("SC_CLK_TCK") / count
+        database_ms *= 1000
+    return statistics.median(payments) * 1000, statistics.median(health) * 1000, database_ms
+
+
+def _backends(engine: Any) -> list[int]:
+    """The PostgreSQL server processes connected to this database (the pool's, by then)."""
+    if engine.dialect.name != "postgresql":
+        return []
+    with engine.connect() as connection:
+        found = connection.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        )
+        return [int(pid) for pid in found.scalars()]
+
+
+def _ticks(pids: list[int]) -> int:
+    """User + system CPU clock ticks of these processes (/proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
 
 
 class _Payer:

@@ -22,7 +22,32 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from walletguard.kit.db import Base, new_id
+from walletguard.audit.models import AuditEntry
+from walletguard.kit.db import Base, new_id, one_of
+
+# Audit events the signals and sequence rules read, and the sequence step each one is.
+AUDIT_STEPS: dict[str, str] = {
+    "login.succeeded": "login",
+    "security.device_added": "device_added",
+    "security.sync_enabled": "sync_enabled",
+    "security.credential_changed": "credential_changed",
+    "payment_password.reset": "payment_password_reset",
+    "security.factor_enrolled": "factor_changed",
+    "security.factor_removed": "factor_changed",
+    "security.phone_changed": "phone_changed",
+}
+# Before every decision the holder's events of those kinds since a moment are read
+# (``repository.holder_and_events``): a partial index of them alone, a few entries a holder
+# whatever its payments (migration 0012, which must list the same events: an event added here
+# needs a migration that rebuilds it).
+AUDIT_STEPS_WHERE = one_of(AuditEntry.__table__.c.event, list(AUDIT_STEPS))
+Index(
+    "ix_audit_log_risk_events",
+    AuditEntry.holder_id,
+    AuditEntry.at,
+    postgresql_where=AUDIT_STEPS_WHERE,
+    sqlite_where=AUDIT_STEPS_WHERE,
+)
 
 
 class RiskDecision(Base):

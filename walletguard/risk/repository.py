@@ -28,21 +28,14 @@ from sqlalchemy.orm import Session
 from walletguard.audit import service as audit
 from walletguard.audit.models import AuditEntry
 from walletguard.identity.models import Device, Holder
-from walletguard.kit.db import core, one_of
+from walletguard.kit.db import core
 from walletguard.messages.models import SimSwap
-from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
-
-# Audit events the signals and sequence rules read, and the sequence step each one is.
-AUDIT_STEPS: dict[str, str] = {
-    "login.succeeded": "login",
-    "security.device_added": "device_added",
-    "security.sync_enabled": "sync_enabled",
-    "security.credential_changed": "credential_changed",
-    "payment_password.reset": "payment_password_reset",
-    "security.factor_enrolled": "factor_changed",
-    "security.factor_removed": "factor_changed",
-    "security.phone_changed": "phone_changed",
-}
+from walletguard.risk.models import (
+    AUDIT_STEPS_WHERE,
+    RiskDecision,
+    RiskPayee,
+    RiskScamExposure,
+)
 
 # Decisions older than this say nothing about the holder's habits.
 HISTORY_ROWS = 200
@@ -156,7 +149,7 @@ _AUDIT_EVENTS = select(
 ).where(
     _AUDIT.c.holder_id == bindparam("holder_id"),
     _AUDIT.c.at >= bindparam("audit_since"),
-    one_of(_AUDIT.c.event, list(AUDIT_STEPS)),
+    AUDIT_STEPS_WHERE,
 )
 
 _EXPOSURES_SINCE = (

@@ -21,6 +21,7 @@ from walletguard.bootstrap import Container
 from walletguard.identity.guards import device_state
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
+from walletguard.risk.models import AUDIT_STEPS
 from walletguard.risk.velocity import VelocityStore
 
 NEVER_H = 1_000_000.0
@@ -219,7 +220,7 @@ class SignalReader:
         latest: dict[str, datetime] = {}
         timeline: list[tuple[datetime, frozenset[str]]] = []
         for name, at, data in events.audit:
-            step = repository.AUDIT_STEPS[name]
+            step = AUDIT_STEPS[name]
             tags = {step}
             if name == "login.succeeded" and '"new_device":true' in data:
                 tags.add("new_device_login")
