@@ -287,10 +287,10 @@ def one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[b
 
     ``in_()`` sends its list as one "expanding" parameter, which SQLAlchemy renders into the
     SQL anew on every execution. Comparisons joined by OR are rendered once too, but PostgreSQL
-    cannot search an index by them: ``audit_log.event = $7 OR event = $8 ...`` was a filter
-    over every row of the holder's days, ``event IN (constants)`` is a range of the
-    ``(holder_id, event, at)`` index per event. For the statements every decision or movement
-    runs; anywhere else ``in_()`` is fine."""
+    does not search an index by them (``audit_log.event = $7 OR event = $8 ...`` was a filter
+    over every row of the holder's days), and a partial index can name the same constants in
+    its ``WHERE`` (``risk.models.AUDIT_STEPS_WHERE``, migration 0012). For the statements every
+    decision or movement runs; anywhere else ``in_()`` is fine."""
     for value in values:
         if not _CONSTANT.fullmatch(value):
             raise ValueError(f"one_of takes plain words, not {value!r}")
