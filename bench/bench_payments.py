@@ -180,14 +180,26 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of every live process in the server's group (Linux /proc)."""
-        total = 0
+        total = 0.0
         for stat in Path("/proc").glob("[0-9]*/stat"):
-            with suppress(OSError, ValueError, IndexError):
-                # Fields after the parenthesised command: state ppid pgrp ... utime stime.
-                fields = stat.read_text().rpartition(")")[2].split()
-                if int(fields[2]) == self.pid:
-                    total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+            with suppress(ValueError, IndexError):
+                fields = proc_stat(stat)
+                if fields is not None and int(fields[2]) == self.pid:
+                    total += cpu_seconds_of(fields)
+        return total
+
+
+def proc_stat(path: Path) -> list[str] | None:
+    """The fields of a ``/proc/<pid>/stat`` after the parenthesised command (state ppid pgrp
+    ... utime stime ...), or None once the process is gone."""
+    with suppress(OSError):
+        return path.read_text().rpartition(")")[2].split()
+    return None
+
+
+def cpu_seconds_of(fields: list[str]) -> float:
+    """User + system CPU time in a process's ``proc_stat`` fields."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import secrets
 import statistics
 import sys
@@ -46,7 +45,7 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_payments import fresh_database  # noqa: E402
+from bench.bench_payments import cpu_seconds_of, fresh_database, proc_stat  # noqa: E402
 from walletguard.app import create_app  # noqa: E402
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
@@ -234,7 +233,7 @@ def cpu_per_request(pay: _Payer, count: int, engine: Any) -> tuple[float, float,
         pay()
         client.get("/healthz")
     backends = _backends(engine)
-    database_started = _ticks(backends)
+    database_started = _cpu_seconds(backends)
     payments, health = [], []
     for _ in range(count):
         started = time.process_time()
@@ -245,8 +244,7 @@ def cpu_per_request(pay: _Payer, count: int, engine: Any) -> tuple[float, float,
         health.append(time.process_time() - started)
     database_ms = None
     if backends:
-        database_ms = (_ticks(backends) - database_started) / os.sysconf("SC_CLK_TCK") / count
-        database_ms *= 1000
+        database_ms = (_cpu_seconds(backends) - database_started) / count * 1000
     return statistics.median(payments) * 1000, statistics.median(health) * 1000, database_ms
 
 
@@ -261,16 +259,10 @@ def _backends(engine: Any) -> list[int]:
         return [int(pid) for pid in found.scalars()]
 
 
-def _ticks(pids: list[int]) -> int:
-    """User + system CPU clock ticks of these processes (/proc/<pid>/stat)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (Linux /proc, whole clock ticks)."""
+    stats = (proc_stat(Path(f"/proc/{pid}/stat")) for pid in pids)
+    return sum(cpu_seconds_of(fields) for fields in stats if fields is not None)
 
 
 class _Payer:
