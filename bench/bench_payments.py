@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_payments.py [--admin-url URL] [--workers 2] [--holders 64]
         [--concurrency 32] [--seconds 20] [--merchants 16] [--rounds 3] [--open-rate R]
-        [--cheap-argon2]
+        [--cheap-argon2] [--without CONTROLS]
 
 What is measured: ``POST /api/v1/payments`` from the wallet balance to a merchant, with the
 payment password and an Idempotency-Key — the full authorisation path (session, kill switch,
@@ -21,6 +21,11 @@ ratio payments/s : bare/s (SPEC section 3: >= 50 %, p99 <= 50 ms at half load, m
 after the closed loop so that the disk has written out the burst before it). ``--open-rate R``
 runs the open loop at R requests/s instead, so that two versions' latencies are compared at the
 same load. At the end ``walletguard ledger check`` must reconcile.
+
+Every control of the ``protected`` profile is on, whatever ``WALLETGUARD_DISABLED_CONTROLS``
+says in the shell. ``--without risk_engine`` (any controls of ``walletguard.kit.controls``,
+comma-separated) switches those off in the servers: the ratio then says what they cost a
+payment (the header and the ratio line say so: it is not the figure SPEC section 3 measures).
 
 A fresh database ``wg_bench_<random>`` is created next to the admin URL's database and dropped
 on exit, even on Ctrl-C. The holders are prepared through the public API (register, payment
@@ -92,6 +97,7 @@ sys.path.insert(0, str(REPO))
 
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
+from walletguard.kit.controls import controls_for  # noqa: E402
 from walletguard.kit.db import unit_of_work  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
@@ -641,6 +647,11 @@ def open_loop(
     return run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
 
 
+def without(names: str) -> list[str]:
+    """The controls named in ``--without`` (comma-separated), as the servers' setting reads them."""
+    return [name.strip() for name in names.split(",") if name.strip()]
+
+
 # -- report --------------------------------------------------------------------------------------
 
 
@@ -689,7 +700,19 @@ def main() -> None:
         action="store_true",
         help="Argon2id m=8 MiB, t=1 for the login passwords (a faster preparation)",
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="CONTROLS",
+        help="switch these controls off in the servers (comma-separated, e.g. risk_engine; "
+        "walletguard.kit.controls): what they cost a payment. Not the payment SPEC section 3 "
+        "measures; the default is every control on, whatever WALLETGUARD_DISABLED_CONTROLS says",
+    )
     args = parser.parse_args()
+    try:
+        controls_for("protected", without(args.without))
+    except ValueError as exc:
+        raise SystemExit(f"--without: {exc}") from None
 
     admin_url = make_url(args.admin_url)
     if not admin_url.drivername.startswith("postgresql"):
@@ -725,6 +748,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         "WALLETGUARD_INDEX_KEY": index_key,
         "WALLETGUARD_SANDBOX": "true",
         "WALLETGUARD_PROFILE": "protected",
+        # Set here, never inherited: a variable left in the shell must not make the measured
+        # payment one with fewer controls.
+        "WALLETGUARD_DISABLED_CONTROLS": ",".join(without(args.without)),
     }
     if args.cheap_argon2:
         env |= {"WALLETGUARD_ARGON2_TIME_COST": "1", "WALLETGUARD_ARGON2_MEMORY_KIB": "8192"}
@@ -738,7 +764,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     _progress("counting the statements of one payment")
     from bench.payment_statements import count_payment_statements
 
-    statements = count_payment_statements(args.admin_url)
+    statements = count_payment_statements(args.admin_url, disabled_controls=args.without)
     busy_before = machine_busy_share()
     print(
         f"PostgreSQL {_server_version(container.engine)}; {os.cpu_count()} CPUs; "
@@ -750,6 +776,12 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"m={settings.argon2_memory_kib} KiB, t={settings.argon2_time_cost}, "
         f"p={settings.argon2_parallelism}" + ("   << --cheap-argon2" if args.cheap_argon2 else "")
     )
+    off = without(args.without)
+    if off:
+        print(
+            f"controls switched off: {', '.join(off)}   << --without: what they cost a payment, "
+            "not the payment SPEC section 3 measures"
+        )
 
     def open_card(number: str, phone: str) -> None:
         with unit_of_work(container.sessions) as db:
@@ -879,8 +911,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     print(_line("bare one-INSERT endpoint", bare_open))
     print()
     ratios = ", ".join(f"{pay.rps / bare.rps:.1%}" for pay, bare in rounds)
+    target = f"without {', '.join(off)}: no target" if off else "target >= 50 %"
     print(
-        f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} (target >= 50 %;"
+        f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} ({target};"
         f" the median of {len(rounds)} rounds: {ratios})"
     )
     at = "the fixed rate" if args.open_rate else "half load"

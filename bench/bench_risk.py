@@ -2,8 +2,10 @@
 
     python bench/bench_risk.py [--events 100000] [--holders 2000] [--database-url URL]
 
-Plays ``--events`` movement decisions (``RiskService.decide``: every signal read, the rules run,
-the decision stored — audited when a rule fired — and velocity counted) against a migrated
+Plays ``--events`` movement decisions (``RiskService.decide``: the signals its rules reach read
+— the generated rules' ``any`` reach the history's on nearly every event, the default rules
+mostly only travel's short read —, the rules run, the decision stored — audited when a rule
+fired — and velocity counted) against a migrated
 database — an SQLite file by default, the embedded setup — first with 50 rules (the defaults
 plus generated ones), then with the default rules, and beside them a bare baseline measured in
 the same run on the same session: one indexed SELECT. The simulated clock moves 30 s per event,

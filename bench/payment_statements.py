@@ -1,6 +1,7 @@
 """The SQL statements of one ``POST /api/v1/payments``, numbered, with where each comes from.
 
     .venv/bin/python bench/payment_statements.py [--database-url URL] [--verbose] [--cpu N]
+        [--without CONTROLS]
 
 Without ``--database-url`` a fresh PostgreSQL database is created next to
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` and dropped on exit; ``sqlite`` uses a
@@ -15,9 +16,12 @@ this is for; the time of a payment under load is measured by ``bench/bench_payme
 same client, and prints the median CPU of this process for each (the app's threads and the test
 client's together) and, on PostgreSQL, the mean CPU of the database's server processes a
 payment (a change that moves work from Python into SQL shows there: on this machine both share
-the same cores). Nothing else runs in the process and nothing waits on another request, so it
-moves far less from run to run than HTTP load does on a shared machine: it is for telling
-whether a change to the payment path made it cheaper (run it on both versions, alternately).
+the same cores). ``--without risk_engine`` (any controls of ``walletguard.kit.controls``,
+comma-separated) times the payment with those controls off, which is what they cost it; every
+control is on otherwise, whatever ``WALLETGUARD_DISABLED_CONTROLS`` says. Nothing else runs
+in the process and nothing waits on another request, so it moves far less from run to run than
+HTTP load does on a shared machine: it is for telling whether a change to the payment path made
+it cheaper (run it on both versions, alternately).
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ from sqlalchemy.engine import make_url
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_payments import cpu_seconds_of, fresh_database, proc_stat  # noqa: E402
+from bench.bench_payments import cpu_seconds_of, fresh_database, proc_stat, without  # noqa: E402
 from walletguard.app import create_app  # noqa: E402
 from walletguard.bank.service import sandbox_bank  # noqa: E402
 from walletguard.bootstrap import build_container  # noqa: E402
+from walletguard.kit.controls import controls_for  # noqa: E402
 from walletguard.kit.db import _PREPARED, unit_of_work  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
@@ -118,9 +123,22 @@ def main() -> None:
         metavar="N",
         help="also time N payments one at a time (median CPU of this process a payment)",
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="CONTROLS",
+        help="switch these controls off (comma-separated, e.g. risk_engine): what they cost a "
+        "payment; the default is every control on, whatever WALLETGUARD_DISABLED_CONTROLS says",
+    )
     args = parser.parse_args()
+    try:
+        controls_for("protected", without(args.without))
+    except ValueError as exc:
+        raise SystemExit(f"--without: {exc}") from None
+    if without(args.without):
+        print(f"controls switched off: {', '.join(without(args.without))}")
     with database(args.database_url) as url, tempfile.TemporaryDirectory() as data:
-        container = build_container(_settings(url, Path(data)))
+        container = build_container(_settings(url, Path(data), args.without))
         upgrade(container.engine)
         with paying_holder(container) as pay:
             trace(container, pay, verbose=args.verbose)
@@ -152,11 +170,12 @@ def trace(container: Any, pay: _Payer, *, verbose: bool) -> None:
             print(f"     ^ NOT FROM SQLALCHEMY'S CACHE: {cache}")
 
 
-def count_payment_statements(admin_url: str) -> int:
+def count_payment_statements(admin_url: str, *, disabled_controls: str = "") -> int:
     """How many SQL statements (BEGIN and COMMIT not counted) one payment sends, traced on a
-    fresh PostgreSQL database next to ``admin_url`` (dropped afterwards)."""
+    fresh PostgreSQL database next to ``admin_url`` (dropped afterwards), with these controls
+    switched off (``--without``)."""
     with fresh_database(make_url(admin_url)) as url, tempfile.TemporaryDirectory() as data:
-        container = build_container(_settings(url, Path(data)))
+        container = build_container(_settings(url, Path(data), disabled_controls))
         try:
             upgrade(container.engine)
             with paying_holder(container) as pay:
@@ -166,10 +185,13 @@ def count_payment_statements(admin_url: str) -> int:
     return len([s for s in seen if s[0] not in ("BEGIN", "COMMIT")])
 
 
-def _settings(url: str, data: Path) -> Settings:
+def _settings(url: str, data: Path, disabled_controls: str = "") -> Settings:
     return Settings(
         data_dir=data,
         database_url=url,
+        # Given, never read from the environment: every control on unless ``--without`` says.
+        profile="protected",
+        disabled_controls=",".join(without(disabled_controls)),
         field_keys=SecretStr(f'{{"s1": "{_key()}"}}'),
         field_active_key="s1",
         index_key=SecretStr(_key()),

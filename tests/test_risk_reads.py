@@ -1,23 +1,33 @@
-"""The security events every risk decision reads come from their own partial index (migration
-0012): the index lists exactly the events the risk engine reads, and a holder with hundreds of
-payments' audit entries has its few security events found without reading the payments'."""
+"""What a risk decision reads, and how: the security events come from their own partial index
+(migration 0012): the index lists exactly the events the risk engine reads, and a holder with
+hundreds of payments' audit entries has its few security events found without reading the
+payments'. The place the holder was last let in is one short read that finds what the 90-day
+history would; the history itself is read only when a rule reaches a signal made from it."""
 
 from __future__ import annotations
 
+import json
+import random
 import re
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import column, text
+from fastapi.testclient import TestClient
+from sqlalchemy import column, select, text
 
-from tests.conftest import START
+from tests.conftest import START, register
+from tests.wallet_support import PIN, funded_holder, money_post
 from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.db import one_of, unit_of_work
 from walletguard.risk import repository
-from walletguard.risk.models import AUDIT_STEPS
+from walletguard.risk.models import AUDIT_STEPS, RiskDecision
+from walletguard.risk.rules import HISTORY_SIGNALS
+from walletguard.risk.service import RiskService
+from walletguard.risk.signals import HISTORY_DAYS, RiskEvent
 
 INDEX = "ix_audit_log_risk_events"
 
@@ -77,3 +87,153 @@ def test_one_of_writes_only_plain_words_into_the_sql() -> None:
     )
     with pytest.raises(ValueError, match="plain words"):
         one_of(column("event"), ["x') OR ('1' = '1"])
+
+
+# -- the place the holder was last let in, and the history -----------------------------------
+
+PLACES = [("上海/上海", 31.23, 121.47), ("北京/北京", 39.9, 116.4), (None, None, None)]
+
+
+def _decision(holder_id: uuid.UUID, at: datetime, outcome: str, where: Any) -> RiskDecision:
+    place, lat, lon = where
+    return RiskDecision(
+        holder_id=holder_id,
+        kind="movement",
+        action="payment",
+        place=place,
+        lat=lat,
+        lon=lon,
+        outcome=outcome,
+        score=0,
+        rules="[]",
+        shadow_rules="[]",
+        reasons_zh="[]",
+        reasons_en="[]",
+        signals="{}",
+        created_at=at,
+    )
+
+
+def _newest_let_in(history: list[repository.Past], now: datetime) -> repository.Past | None:
+    """What the signals took from the history before the short read: its first (newest) row
+    that let the holder in at a known place, made at or before ``now``."""
+    return next(
+        (
+            past
+            for past in history
+            if past.outcome == "allow"
+            and past.lat is not None
+            and past.lon is not None
+            and past.created_at <= now
+        ),
+        None,
+    )
+
+
+def test_the_last_place_the_holder_was_let_in_is_the_history_s(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    now = clock.now()
+    since = now - timedelta(days=HISTORY_DAYS)
+    chance = random.Random(11643)
+    for round_ in range(12):
+        holder_id = uuid.UUID(register(client, container, f"+86139{round_:08d}").holder_id)
+        # Distinct minutes (no two decisions at once: "the newest" is one row), some before
+        # the 90 days, some after now (a decision made on a clock ahead).
+        minutes = chance.sample(range(-30, HISTORY_DAYS * 24 * 60 + 600), chance.randint(0, 40))
+        rows = [
+            _decision(
+                holder_id,
+                now - timedelta(minutes=minute),
+                chance.choice(["allow", "allow", "challenge", "hold", "block"]),
+                chance.choice(PLACES),
+            )
+            for minute in minutes
+        ]
+        with unit_of_work(container.sessions) as db:
+            db.add_all(rows)
+        with container.sessions() as db:
+            history = repository.history(db, holder_id, since)
+            found = repository.last_allowed_place(db, holder_id, since, now)
+        assert found == _newest_let_in(history, now), round_
+
+
+def test_the_short_read_looks_no_further_back_than_the_history(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    # A place more than HISTORY_ROWS decisions ago is out of the history: out of the short
+    # read too, so a decision is the same whichever of them it was made from.
+    now = clock.now()
+    holder_id = uuid.UUID(register(client, container).holder_id)
+    old = _decision(holder_id, now - timedelta(days=3), "allow", PLACES[0])
+    newer = [
+        _decision(holder_id, now - timedelta(minutes=minute), "allow", PLACES[2])
+        for minute in range(1, repository.HISTORY_ROWS + 1)
+    ]
+    with unit_of_work(container.sessions) as db:
+        db.add_all([old, *newer])
+    since = now - timedelta(days=HISTORY_DAYS)
+    with container.sessions() as db:
+        assert _newest_let_in(repository.history(db, holder_id, since), now) is None
+        assert repository.last_allowed_place(db, holder_id, since, now) is None
+    with unit_of_work(container.sessions) as db:
+        db.add(_decision(holder_id, now - timedelta(seconds=30), "allow", PLACES[1]))
+    with container.sessions() as db:
+        found = repository.last_allowed_place(db, holder_id, since, now)
+    assert found is not None
+    assert found.place == "北京/北京"
+
+
+def _signals_of_payment(container: Container, amount_fen: int) -> dict[str, Any]:
+    with container.sessions() as db:
+        stored = db.scalars(
+            select(RiskDecision.signals).where(
+                RiskDecision.action == "payment", RiskDecision.amount_fen == amount_fen
+            )
+        ).one()
+    found: dict[str, Any] = json.loads(stored)
+    return found
+
+
+def test_the_history_is_read_only_when_a_rule_reaches_it(
+    client: TestClient, container: Container
+) -> None:
+    # Under 3,000.00 in the hour: "several cards drained" needs no look at the history.
+    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up="2900.00")
+    body = {"merchant": "全家便利店", "amount": "35.00", "payment_password": PIN}
+    assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
+    # An everyday payment from the holder's own phone: every rule is settled by what is known
+    # with the event, so nothing of the history is read, or stored as its evidence.
+    assert set(HISTORY_SIGNALS).isdisjoint(_signals_of_payment(container, 3_500))
+    # 2,500.00 to a payee never paid before: "far above the usual amount" has to look at the
+    # history, which holds the top-up and the first payment; both are its evidence.
+    body = {"merchant": "金店", "amount": "2500.00", "payment_password": PIN}
+    paid = money_post(client, "/api/v1/payments", body, holder)
+    assert paid.status_code == 201, paid.text
+    signals = _signals_of_payment(container, 250_000)
+    assert signals["history_count_90d"] == 2
+    assert signals["amount_vs_p95"] == round(250_000 / 290_000, 2)  # the top-up is the p95
+
+
+def test_a_refused_payment_stores_the_history_s_signals_whichever_rule_refused_it(
+    client: TestClient, container: Container
+) -> None:
+    # "Scam-named payee" blocks on a signal made with the event; the reviewer still sees what
+    # the history says (the usual amount, the cards of the last half hour).
+    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up="500.00")
+    holder_id = uuid.UUID(holder.holder_id)
+    with unit_of_work(container.sessions) as db:
+        risk = RiskService(db, container)
+        risk.scam_exposure(holder_id, typology="fake_police", named_payee="公检法安全账户")
+        refused = risk.decide(
+            RiskEvent(
+                kind="movement",
+                holder_id=holder_id,
+                action="payment",
+                amount_fen=1_000,
+                payee="公检法安全账户",
+            )
+        )
+    assert (refused.outcome, refused.rules) == ("block", ("scam-named-payee",))
+    assert set(HISTORY_SIGNALS) <= set(refused.signals)
+    assert refused.signals["history_count_90d"] == 1  # the top-up

@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 
 from walletguard.risk.rules import (
+    HISTORY_SIGNALS,
+    SPREAD_SIGNALS,
+    TRAVEL_SIGNALS,
     RuleBook,
     RulesInvalid,
     default_rules_text,
     parse_rules,
 )
 from walletguard.risk.service import evaluate, sequence_matches
-from walletguard.risk.signals import NEVER_H, Facts
+from walletguard.risk.signals import NEVER_H, Facts, Signals
 
 NOW = datetime(2026, 3, 12, 9, 0, tzinfo=UTC)
 
@@ -346,3 +349,120 @@ def test_credential_change_then_new_payee_then_transfer_within_30_minutes() -> N
 def test_a_shadow_rule_is_recorded_apart(tmp_path: Path) -> None:
     rules = parse_rules(GOOD.replace("score: 10", "score: 10\n    shadow: true"))
     assert rules.rules[0].shadow
+
+
+# -- what a condition reads ------------------------------------------------------------------
+
+COSTLY_FIRST = """\
+version: 1
+rules:
+  - id: far-above
+    kinds: [movement]
+    when:
+      all:
+        - any:
+            - {signal: payee_senders_1h, ge: 8}
+            - {signal: payee_new, is: true}
+        - {signal: amount_vs_p95, gt: 5}
+        - {signal: device_new, is: true}
+    action: challenge
+    score: 10
+    reasons: {zh-CN: 远超平时金额, en: far above the usual amount}
+"""
+
+
+def _lazy_signals(**made: Any) -> tuple[Signals, list[str]]:
+    """Signals made with the event (``made``), and the history's and the spread's groups on
+    demand; returns what was read, in order."""
+    read: list[str] = []
+
+    def history() -> dict[str, Any]:
+        read.append("history")
+        return {**{name: BENIGN[name] for name in HISTORY_SIGNALS}, "amount_vs_p95": 12.0}
+
+    def travel() -> dict[str, Any]:
+        read.append("travel")
+        return {"travel_km": 1200.0, "travel_kmh": 7200.0}
+
+    def spread() -> dict[str, Any]:
+        read.append("spread")
+        return dict.fromkeys(SPREAD_SIGNALS, 9)
+
+    signals = Signals(**{**BENIGN, **made})
+    for name in (*HISTORY_SIGNALS, *TRAVEL_SIGNALS, *SPREAD_SIGNALS):
+        signals.pop(name, None)
+    signals.on_demand(HISTORY_SIGNALS, history)
+    signals.on_demand(TRAVEL_SIGNALS, travel)
+    signals.on_demand(SPREAD_SIGNALS, spread)
+    return signals, read
+
+
+def test_a_condition_reads_the_signals_made_with_the_event_first() -> None:
+    rules = parse_rules(COSTLY_FIRST)
+    # Written costliest first; tried cheapest first: a device the holder vouched for rules
+    # the rule out before the history or other holders' decisions are read.
+    signals, read = _lazy_signals(device_new=False)
+    assert evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement") == []
+    assert read == []
+    assert "amount_vs_p95" not in signals  # not read, so not stored as evidence either
+    # The same rule on a new device, to a new payee: the history is read once, the other
+    # holders' decisions never (the ``any`` is true at its cheap part), and the rule fires as
+    # it would in the file's order.
+    signals, read = _lazy_signals(device_new=True, payee_new=True)
+    fired = evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement")
+    assert [rule.id for rule in fired] == ["far-above"]
+    assert read == ["history"]
+
+
+TRAVEL_THEN_HISTORY = """\
+version: 1
+rules:
+  - id: far-away
+    when: {signal: travel_kmh, gt: 900}
+    action: challenge
+    score: 10
+    reasons: {zh-CN: 异地, en: far away}
+  - id: far-above
+    kinds: [movement]
+    when: {signal: amount_vs_p95, gt: 5}
+    action: challenge
+    score: 10
+    reasons: {zh-CN: 远超平时金额, en: far above the usual amount}
+"""
+
+
+def test_rules_run_in_the_order_of_what_they_read_and_fire_in_the_file_s() -> None:
+    # The history first (travel then comes from it, not from a read of its own), the fired
+    # rules in the file's order all the same: what is stored and shown does not change.
+    signals, read = _lazy_signals()
+    rules = parse_rules(TRAVEL_THEN_HISTORY)
+    fired = evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement")
+    assert [rule.id for rule in fired] == ["far-away", "far-above"]
+    assert read == ["history", "travel"]
+    assert [rule.read_rank for rule in rules.rules] == [2, 1]
+
+
+def test_the_sequence_timeline_reads_the_earlier_movements_once_and_in_order() -> None:
+    calls: list[int] = []
+
+    def movements() -> list[tuple[datetime, frozenset[str]]]:
+        calls.append(1)
+        return [(NOW - timedelta(minutes=5), frozenset({"movement", "new_payee"}))]
+
+    facts = Facts(
+        {**BENIGN},
+        None,
+        None,
+        None,
+        None,
+        timeline=[(NOW - timedelta(minutes=20), frozenset({"credential_changed"}))],
+        earlier_movements=movements,
+    )
+    assert calls == []
+    expected = [
+        (NOW - timedelta(minutes=20), frozenset({"credential_changed"})),
+        (NOW - timedelta(minutes=5), frozenset({"movement", "new_payee"})),
+    ]
+    assert facts.sequence_timeline() == expected
+    assert facts.sequence_timeline() == expected
+    assert calls == [1]

@@ -98,6 +98,21 @@ _HISTORY = (
     .limit(HISTORY_ROWS)
 )
 
+# The newest of the rows ``_HISTORY`` would give that let the holder in somewhere known (at or
+# before ``now``): the same bounded range, searched newest first and left at the first match.
+_BOUNDED = _HISTORY.subquery("bounded")
+_LAST_ALLOWED_PLACE = (
+    select(*_BOUNDED.c)
+    .where(
+        _BOUNDED.c.outcome == "allow",
+        _BOUNDED.c.lat.is_not(None),
+        _BOUNDED.c.lon.is_not(None),
+        _BOUNDED.c.created_at <= bindparam("now"),
+    )
+    .order_by(_BOUNDED.c.created_at.desc())
+    .limit(1)
+)
+
 # One statement before every decision, its rows told apart by ``source``: the holder's facts
 # on each of its devices (0: one row of facts and NULL device columns when it has none that
 # count), its security events (1) and (at most 50 of) its scam exposures (2). Each row carries
@@ -316,6 +331,16 @@ def history(
     were made in ``session_id``."""
     params = {"holder_id": holder_id, "since": since, "session_id": session_id}
     return core(db).execute(_HISTORY, params, row=Past._make).all()
+
+
+def last_allowed_place(
+    db: Session, holder_id: uuid.UUID, since: datetime, now: datetime
+) -> Past | None:
+    """The newest decision of ``history`` that let the holder in (``outcome`` allow) with a
+    place, made at or before ``now``; without reading the rest of the history."""
+    params = {"holder_id": holder_id, "since": since, "session_id": None, "now": now}
+    found: Past | None = core(db).execute(_LAST_ALLOWED_PLACE, params, row=Past._make).first()
+    return found
 
 
 class PaidPayee(NamedTuple):

@@ -29,7 +29,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,34 @@ SIGNALS: dict[str, type] = {
     "session_flagged": bool,
 }
 
+# Signals the engine computes only when a rule reads one (``signals.Signals.on_demand``), ranked
+# by when they are read: 1 the holder's 90-day decision history (one read of up to
+# ``HISTORY_ROWS`` decisions), 2 travel (the place the holder was last let in: taken from the
+# history once it is read, otherwise one short read of its own; nothing when this event's place
+# is unknown), 3 counts over other holders' decisions. Every other signal is made with the event
+# (rank 0). The parts of an ``all`` or ``any`` are tried in rank order (either means the same
+# in any order) and the rules run in the rank order of what they read
+# (``RuleSet.in_reading_order``), so a rule that a signal made with the event rules out reads
+# nothing more, and travel is read after any rule that needed the history has read it, never
+# twice.
+HISTORY_SIGNALS = (
+    "province_familiar",
+    "history_count_90d",
+    "amount_vs_p95",
+    "dormant_d",
+    "cards_debited_30m",
+    "payees_30m",
+    "session_flagged",
+)
+TRAVEL_SIGNALS = ("travel_km", "travel_kmh")
+SPREAD_SIGNALS = ("payee_senders_1h", "ip_holders_24h", "device_holders_24h")
+HISTORY_RANK = 1
+READ_RANK: dict[str, int] = {
+    **dict.fromkeys(HISTORY_SIGNALS, HISTORY_RANK),
+    **dict.fromkeys(TRAVEL_SIGNALS, 2),
+    **dict.fromkeys(SPREAD_SIGNALS, 3),
+}
+
 # What a sequence step may name: audit events of the holder, earlier decisions, this event.
 SEQUENCE_STEPS = (
     "login",
@@ -150,15 +178,35 @@ class Rule:
     reason_en: str
     shadow: bool
     line: int
+    # The highest ``READ_RANK`` the rule may read (a sequence reads the history's movements).
+    read_rank: int = 0
 
 
 @dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...]
     source: str
+    # Made once per kind, on first use (``in_reading_order``, ``position``).
+    _orders: dict[str, tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _positions: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def for_kind(self, kind: str) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if kind in rule.kinds)
+
+    def in_reading_order(self, kind: str) -> tuple[Rule, ...]:
+        """The rules of this kind in the rank order of what they read, the file's order among
+        equals: whatever they fire is the same set, in the file's order (``service.evaluate``)."""
+        order = self._orders.get(kind)
+        if order is None:
+            order = tuple(sorted(self.for_kind(kind), key=lambda rule: rule.read_rank))
+            self._orders[kind] = order
+        return order
+
+    def position(self, rule: Rule) -> int:
+        """Where the rule stands in the file (rule ids are unique)."""
+        if not self._positions:
+            self._positions.update({r.id: index for index, r in enumerate(self.rules)})
+        return self._positions[rule.id]
 
 
 def _line(node: Node) -> int:
@@ -169,6 +217,15 @@ class _Compiler:
     def __init__(self, source: str) -> None:
         self.source = source
         self.errors: list[tuple[int, str]] = []
+        # The highest ``READ_RANK`` evaluating each compiled condition may read.
+        self.ranks: dict[Condition, int] = {}
+
+    def rank(self, condition: Condition) -> int:
+        return self.ranks.get(condition, 0)
+
+    def ranked(self, condition: Condition, rank: int) -> Condition:
+        self.ranks[condition] = rank
+        return condition
 
     def error(self, node: Node, message: str) -> None:
         self.errors.append((_line(node), message))
@@ -200,17 +257,22 @@ class _Compiler:
             if not isinstance(value, SequenceNode) or not value.value:
                 self.error(value, f"'{key}' takes a non-empty list of conditions")
                 return never
-            parts = tuple(self.condition(child) for child in value.value)
+            # In rank order, the file's order among equals (a stable sort).
+            parts = tuple(sorted((self.condition(child) for child in value.value), key=self.rank))
+            rank = max(self.rank(part) for part in parts)
             if key == "all":
-                return lambda s: all(part(s) for part in parts)
-            return lambda s: any(part(s) for part in parts)
+                return self.ranked(lambda s: all(part(s) for part in parts), rank)
+            return self.ranked(lambda s: any(part(s) for part in parts), rank)
         if "not" in keys:
             if len(pairs) != 1:
                 self.error(node, "'not' must be the only key of its condition")
                 return never
             inner = self.condition(pairs[0][2])
-            return lambda s: not inner(s)
-        return self.comparison(node, pairs)
+            return self.ranked(lambda s: not inner(s), self.rank(inner))
+        compared = self.comparison(node, pairs)
+        signal = next((value for key, _, value in pairs if key == "signal"), None)
+        name = self.scalar(signal) if signal is not None else None
+        return self.ranked(compared, READ_RANK.get(name, 0) if isinstance(name, str) else 0)
 
     def comparison(self, node: MappingNode, pairs: list[tuple[str, Node, Node]]) -> Condition:
         never: Condition = lambda _s: False  # noqa: E731
@@ -379,6 +441,7 @@ class _Compiler:
             reason_en=en,
             shadow=shadow,
             line=_line(node),
+            read_rank=max(self.rank(when), HISTORY_RANK if sequence is not None else 0),
         )
 
     def document(self, text: str) -> RuleSet:

@@ -36,8 +36,17 @@ from walletguard.kit.errors import Conflict, NotFound, WalletguardError
 from walletguard.risk import repository
 from walletguard.risk.geo import geo_locator
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
-from walletguard.risk.rules import SEVERITY, Rule, RuleBook, RuleSet, rule_book, strongest
-from walletguard.risk.signals import NEW_DEVICE_HOURS, Facts, RiskEvent, SignalReader
+from walletguard.risk.rules import (
+    HISTORY_SIGNALS,
+    SEVERITY,
+    TRAVEL_SIGNALS,
+    Rule,
+    RuleBook,
+    RuleSet,
+    rule_book,
+    strongest,
+)
+from walletguard.risk.signals import NEW_DEVICE_HOURS, Facts, RiskEvent, SignalReader, Signals
 from walletguard.risk.velocity import DatabaseVelocity, velocity_store
 
 __all__ = ["Decision", "RiskEvent", "RiskService"]
@@ -168,7 +177,7 @@ def sequence_matches(rule: Rule, facts: Facts, now: datetime) -> bool:
         return False
     since = now - timedelta(seconds=rule.sequence.within_s)
     matched = 0
-    for at, tags in facts.timeline:
+    for at, tags in facts.sequence_timeline():
         if matched >= len(steps) - 1:
             break
         if at >= since and steps[matched] in tags:
@@ -177,14 +186,16 @@ def sequence_matches(rule: Rule, facts: Facts, now: datetime) -> bool:
 
 
 def evaluate(rules: RuleSet, facts: Facts, now: datetime, kind: str) -> list[Rule]:
+    """The rules that fire, in the file's order; run in the order of what they read
+    (``RuleSet.in_reading_order``), which changes what is read, never what fires."""
     fired: list[Rule] = []
-    for rule in rules.for_kind(kind):
+    for rule in rules.in_reading_order(kind):
         if not rule.when(facts.signals):
             continue
         if rule.sequence is not None and not sequence_matches(rule, facts, now):
             continue
         fired.append(rule)
-    return fired
+    return sorted(fired, key=rules.position)
 
 
 class RiskService:
@@ -237,6 +248,11 @@ class RiskService:
         ):
             # No strong factor to step up with: the holder confirms on a trusted device instead.
             outcome = "hold"
+        if outcome != "allow" and isinstance(facts.signals, Signals):
+            # A refusal is looked at by the holder and by an operator: its evidence is every
+            # signal of the event and the holder's history, not only those its rules reached
+            # (other holders' counts still only when a rule asked for them).
+            facts.signals.read_now((*TRAVEL_SIGNALS, *HISTORY_SIGNALS))
         expires_at = None
         review = None
         if outcome == "hold":
@@ -297,7 +313,7 @@ class RiskService:
             shadow_rules=tuple(rule.id for rule in shadow),
             reasons_zh=tuple(rule.reason_zh for rule in acting),
             reasons_en=tuple(rule.reason_en for rule in acting),
-            signals=facts.signals,
+            signals=dict(facts.signals),  # what was read: nothing left to read later
             expires_at=expires_at,
         )
         if outcome != "allow" or fired or approved_by is not None:

@@ -22,6 +22,7 @@ from walletguard.identity.guards import device_state
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
 from walletguard.risk.models import AUDIT_STEPS
+from walletguard.risk.rules import HISTORY_SIGNALS, SPREAD_SIGNALS, TRAVEL_SIGNALS
 from walletguard.risk.velocity import VelocityStore
 
 NEVER_H = 1_000_000.0
@@ -74,6 +75,12 @@ class Signals(dict[str, Any]):
         for name in names:
             self._pending[name] = compute
 
+    def read_now(self, names: tuple[str, ...]) -> None:
+        """Compute every group still pending among ``names`` (a refused event's evidence)."""
+        for name in names:
+            if name in self._pending:
+                self.__missing__(name)
+
     def __missing__(self, name: str) -> Any:
         compute = self._pending.get(name)
         if compute is None:
@@ -83,6 +90,9 @@ class Signals(dict[str, Any]):
             self._pending.pop(key, None)
         self.update(values)
         return values[name]
+
+
+Timeline = list[tuple[datetime, frozenset[str]]]
 
 
 @dataclass
@@ -95,8 +105,18 @@ class Facts:
     device_key: str | None
     payee_key: str | None
     # (time, sequence step tags) of the holder's recent history, oldest first
-    timeline: list[tuple[datetime, frozenset[str]]] = field(default_factory=list)
+    timeline: Timeline = field(default_factory=list)
     current_tags: frozenset[str] = frozenset()
+    # The holder's earlier movements for the timeline, from the decision history: read the
+    # first time a sequence rule looks at the timeline (``sequence_timeline``), not before.
+    earlier_movements: Callable[[], Timeline] | None = None
+
+    def sequence_timeline(self) -> Timeline:
+        """The timeline with the earlier movements in it, oldest first."""
+        if self.earlier_movements is not None:
+            movements, self.earlier_movements = self.earlier_movements(), None
+            self.timeline = sorted(self.timeline + movements, key=lambda item: item[0])
+        return self.timeline
 
 
 @functools.cache
@@ -173,9 +193,17 @@ class SignalReader:
         place = self.geo.locate(event.ip)
         s["geo_known"] = place is not None
         s["province"] = place.province if place else ""
-        history = repository.history(
-            db, event.holder_id, now - timedelta(days=HISTORY_DAYS), event.session_id
-        )
+        # The 90-day decision history (up to ``HISTORY_ROWS``, newest first) is read only when a
+        # rule reads a signal made from it (``HISTORY_SIGNALS``) or a sequence rule reads the
+        # timeline: most events are decided by the signals below, made with the event.
+        since = now - timedelta(days=HISTORY_DAYS)
+        read: list[list[repository.Past]] = []
+
+        def history() -> list[repository.Past]:
+            if not read:
+                read.append(repository.history(db, event.holder_id, since, event.session_id))
+            return read[0]
+
         familiar: set[str] = set()
         last_seen: list[tuple[datetime, Place]] = []
         for other in devices:
@@ -188,33 +216,33 @@ class SignalReader:
             seen_last = self.geo.locate(other.last_seen_ip)
             if seen_last is not None:
                 last_seen.append((other.last_seen_at, seen_last))
-        seen_in_history = False
-        for past in history:
-            if past.place and past.outcome == "allow":
-                familiar.add(past.place.split("/")[0])
-            # Only where the holder was let in counts as "last seen": a refused attempt from
-            # the far city must not make the thief's next attempt look like no travel at all.
-            # History is newest first, so its first such row up to now is the one that counts.
-            if (
-                not seen_in_history
-                and past.outcome == "allow"
-                and past.lat is not None
-                and past.lon is not None
-                and past.created_at <= now
-            ):
-                parts = (past.place or "").split("/")
-                last_seen.append((past.created_at, Place(parts[0], parts[-1], past.lat, past.lon)))
-                seen_in_history = True
-        s["province_familiar"] = place is None or not familiar or place.province in familiar
-        s["travel_km"] = 0.0
-        s["travel_kmh"] = 0.0
-        before = [(at, p) for at, p in last_seen if at <= now]
-        if place is not None and before:
+
+        def travel() -> dict[str, Any]:
+            """How far and how fast from the place the holder was last seen: the other devices'
+            last places and where the holder was last let in (only where the holder was let in
+            counts: a refused attempt from the far city must not make the thief's next attempt
+            look like no travel at all)."""
+            if place is None:
+                return {"travel_km": 0.0, "travel_kmh": 0.0}
+            if read:
+                allowed = next((p for p in history() if _let_in_at_a_place(p, now)), None)
+            else:
+                allowed = repository.last_allowed_place(db, event.holder_id, since, now)
+            before = [(at, p) for at, p in last_seen if at <= now]
+            if allowed is not None:
+                assert allowed.lat is not None
+                assert allowed.lon is not None
+                parts = (allowed.place or "").split("/")
+                where = Place(parts[0], parts[-1], allowed.lat, allowed.lon)
+                before.append((allowed.created_at, where))
+            if not before:
+                return {"travel_km": 0.0, "travel_kmh": 0.0}
             then, where = max(before, key=lambda item: item[0])
             km = distance_km(where, place)
             hours = max((now - then).total_seconds() / 3600, 1 / 60)
-            s["travel_km"] = round(km, 1)
-            s["travel_kmh"] = round(km / hours, 1)
+            return {"travel_km": round(km, 1), "travel_kmh": round(km / hours, 1)}
+
+        s.on_demand(TRAVEL_SIGNALS, travel)
 
         # -- recent security events ----------------------------------------------------------
         latest: dict[str, datetime] = {}
@@ -241,23 +269,6 @@ class SignalReader:
         s["payee_trusted"] = stats is not None and (
             stats.trusted_at is not None or stats.payments >= TRUSTED_PAYEE_PAYMENTS
         )
-        amounts = [
-            p.amount_fen
-            for p in history
-            if p.kind == "movement" and p.outcome == "allow" and p.amount_fen
-        ]
-        s["history_count_90d"] = len(amounts)
-        p95 = _p95(amounts) if amounts else 0
-        s["amount_vs_p95"] = round(event.amount_fen / p95, 2) if p95 else 0.0
-        last_out = next(
-            (
-                p.created_at
-                for p in history
-                if p.kind == "movement" and p.outcome == "allow" and p.action != "top_up"
-            ),
-            None,
-        )
-        s["dormant_d"] = _hours(now, last_out) / 24 if last_out is not None else s["account_age_d"]
         balance = event.source_balance_fen
         s["source_balance_fen"] = balance if balance is not None else -1
         s["empties_source"] = bool(
@@ -269,11 +280,6 @@ class SignalReader:
         local = now.astimezone(BEIJING)
         s["hour_beijing"] = local.hour
         s["night"] = local.hour < 6
-        s["session_flagged"] = any(
-            p.kind == "login" and p.same_session and p.outcome in ("challenge", "hold", "block")
-            for p in history
-            if event.session_id is not None
-        )
 
         # -- scam exposure -----------------------------------------------------------------
         exposures = events.exposures
@@ -306,16 +312,60 @@ class SignalReader:
         s["payee_sum_1h"] = windows[(payee, HOUR)].sum_fen if payee_key else 0
         s["ip_count_1h"] = windows[(f"ip:{ip_key}", HOUR)].count if ip_key else 0
 
-        recent = [p for p in history if p.kind == "movement" and p.created_at > now - HALF_HOUR]
-        cards = {p.card_id for p in recent if p.card_id is not None and p.action != "withdraw"}
-        payees = {p.payee_key for p in recent if p.payee_key is not None}
-        if event.kind == "movement":
-            if event.card_id is not None and event.action != "withdraw":
-                cards.add(event.card_id)
-            if payee_key:
-                payees.add(payee_key)
-        s["cards_debited_30m"] = len(cards)
-        s["payees_30m"] = len(payees)
+        def habits() -> dict[str, Any]:
+            """What the holder's decision history says: familiar provinces, the usual amount,
+            the last time money went out, a flagged session, cards and payees of the last
+            half hour (this movement's own among them)."""
+            past_rows = history()
+            provinces = set(familiar)
+            for past in past_rows:
+                if past.place and past.outcome == "allow":
+                    provinces.add(past.place.split("/")[0])
+            amounts = [
+                p.amount_fen
+                for p in past_rows
+                if p.kind == "movement" and p.outcome == "allow" and p.amount_fen
+            ]
+            p95 = _p95(amounts) if amounts else 0
+            last_out = next(
+                (
+                    p.created_at
+                    for p in past_rows
+                    if p.kind == "movement" and p.outcome == "allow" and p.action != "top_up"
+                ),
+                None,
+            )
+            recent = [
+                p for p in past_rows if p.kind == "movement" and p.created_at > now - HALF_HOUR
+            ]
+            cards = {p.card_id for p in recent if p.card_id is not None and p.action != "withdraw"}
+            payees = {p.payee_key for p in recent if p.payee_key is not None}
+            if event.kind == "movement":
+                if event.card_id is not None and event.action != "withdraw":
+                    cards.add(event.card_id)
+                if payee_key:
+                    payees.add(payee_key)
+            return {
+                "province_familiar": (
+                    place is None or not provinces or place.province in provinces
+                ),
+                "history_count_90d": len(amounts),
+                "amount_vs_p95": round(event.amount_fen / p95, 2) if p95 else 0.0,
+                "dormant_d": (
+                    _hours(now, last_out) / 24 if last_out is not None else s["account_age_d"]
+                ),
+                "session_flagged": any(
+                    p.kind == "login"
+                    and p.same_session
+                    and p.outcome in ("challenge", "hold", "block")
+                    for p in past_rows
+                    if event.session_id is not None
+                ),
+                "cards_debited_30m": len(cards),
+                "payees_30m": len(payees),
+            }
+
+        s.on_demand(HISTORY_SIGNALS, habits)
 
         # Distinct holders, this one included: counted only if a rule asks (they scan every
         # decision sharing the payee, IP or device in the window).
@@ -334,15 +384,20 @@ class SignalReader:
                 "device_holders_24h": device_holders + 1 if device_key else 0,
             }
 
-        s.on_demand(("payee_senders_1h", "ip_holders_24h", "device_holders_24h"), spread)
+        s.on_demand(SPREAD_SIGNALS, spread)
 
         # -- the timeline of earlier decisions, for sequence rules ---------------------------
-        for past in history:
-            if past.created_at < now - lookback:
-                break
-            if past.kind != "movement":
-                continue
-            timeline.append((past.created_at, _movement_tags(past.action, bool(past.payee_new))))
+        def earlier_movements() -> Timeline:
+            movements: Timeline = []
+            for past in history():
+                if past.created_at < now - lookback:
+                    break
+                if past.kind != "movement":
+                    continue
+                tags = _movement_tags(past.action, bool(past.payee_new))
+                movements.append((past.created_at, tags))
+            return movements
+
         timeline.sort(key=lambda item: item[0])
         current: set[str] = {event.action}
         if event.kind == "movement":
@@ -361,7 +416,19 @@ class SignalReader:
             payee_key=payee_key,
             timeline=timeline,
             current_tags=frozenset(current),
+            earlier_movements=earlier_movements,
         )
 
 
 HALF_HOUR = timedelta(minutes=30)
+
+
+def _let_in_at_a_place(past: repository.Past, now: datetime) -> bool:
+    """An earlier decision that let the holder in somewhere known (what
+    ``repository.last_allowed_place`` finds the newest of)."""
+    return (
+        past.outcome == "allow"
+        and past.lat is not None
+        and past.lon is not None
+        and past.created_at <= now
+    )
