@@ -648,8 +648,14 @@ def open_loop(
 
 
 def without(names: str) -> list[str]:
-    """The controls named in ``--without`` (comma-separated), as the servers' setting reads them."""
-    return [name.strip() for name in names.split(",") if name.strip()]
+    """The controls named in ``--without`` (comma-separated), as the servers' setting reads them;
+    an unknown name ends the run with one line saying so."""
+    off = [name.strip() for name in names.split(",") if name.strip()]
+    try:
+        controls_for("protected", off)
+    except ValueError as exc:
+        raise SystemExit(f"--without: {exc}") from None
+    return off
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -709,10 +715,7 @@ def main() -> None:
         "measures; the default is every control on, whatever WALLETGUARD_DISABLED_CONTROLS says",
     )
     args = parser.parse_args()
-    try:
-        controls_for("protected", without(args.without))
-    except ValueError as exc:
-        raise SystemExit(f"--without: {exc}") from None
+    without(args.without)  # an unknown control ends the run before anything starts
 
     admin_url = make_url(args.admin_url)
     if not admin_url.drivername.startswith("postgresql"):
