@@ -52,12 +52,17 @@ printed, with the statements they waited in: where payments queue on rows that e
 touches (the audit head, a merchant's account, a busy velocity bucket), which no CPU figure
 shows.
 
-Beside each closed-loop line the server processes' CPU time per request is printed (from
-/proc; PostgreSQL's own CPU is not in it): it moves less than req/s when other work shares
-the machine, whose busy share is sampled before and after the runs and printed too, but on a
-shared virtual machine it still moved by some 20 % between runs of the same code; to compare two
-versions of the payment path, ``bench/payment_statements.py --cpu 300`` (in process, one payment
-at a time, run alternately on both) is the steadier figure.
+Beside each closed-loop line the CPU time per request is printed (from /proc): the server
+processes', PostgreSQL's (its connections to the benchmark's database and its background
+processes) and the whole machine's (the load generator, the kernel and anything else running
+included). The closed loop keeps this machine's cores busy, so the ratio of the two endpoints'
+throughput is about the inverse of their CPU a request on the whole machine, printed for the
+median round: where a payment's CPU goes (Python or PostgreSQL) is what a change can win. These
+move less than req/s when other work shares the machine, whose busy share is sampled before
+and after the runs and printed too, but on a shared virtual machine they still moved by some
+20 % between runs of the same code; to compare two versions of the payment path,
+``bench/payment_statements.py --cpu 300`` (in process, one payment at a time, run alternately
+on both) is the steadier figure.
 """
 
 from __future__ import annotations
@@ -253,6 +258,37 @@ def _wait_until_up(process: subprocess.Popen[bytes], port: int, timeout: float =
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"the server on port {port} did not answer within {timeout:.0f} s")
+
+
+def database_cpu_seconds(database: str) -> float:
+    """User + system CPU time of PostgreSQL's live processes on this machine that serve
+    ``database`` (the connections to it; this benchmark's sampler of ``pg_stat_activity``
+    among them during the payments' closed loop) or the whole server (its background
+    processes: WAL writer, checkpointer, ...), from Linux /proc; connections to other
+    databases are left out. A connection closed during a run takes its CPU with it: the pools
+    here keep theirs open."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            if not stat.read_text().partition("(")[2].startswith("postgres)"):
+                continue
+            title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            # A connection's title names its user, database and client: "host(port)" or
+            # "[local]"; a background process's does not.
+            client = "(" in title or "[local]" in title
+            if client and f" {database} " not in title:
+                continue
+            fields = proc_stat(stat)
+            if fields is not None:
+                total += cpu_seconds_of(fields)
+    return total
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every process of the machine has used (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_share(seconds: float = 1.0) -> float:
@@ -504,6 +540,10 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     server_cpu_ms: float | None = None  # server CPU time per request, all workers
+    # Closed loop only: PostgreSQL's CPU, and the whole machine's (load generator, kernel and
+    # anything else running included), per request.
+    database_cpu_ms: float | None = None
+    machine_cpu_ms: float | None = None
 
 
 def run_load(
@@ -547,13 +587,20 @@ def closed_loop(
     seconds: float,
     concurrency: int,
     warmup: int,
+    database: str,
 ) -> tuple[LoadResult, LoadResult]:
-    """A warm-up, which also estimates the rate, then a closed-loop run of about ``seconds``."""
+    """A warm-up, which also estimates the rate, then a closed-loop run of about ``seconds``;
+    its CPU a request: the server's, PostgreSQL's for ``database`` and the whole machine's."""
     probe = run_load(children, target.port, make_lines(warmup), workdir, concurrency=concurrency)
     lines = make_lines(max(warmup, int(probe.rps * seconds)))
     cpu_before = target.cpu_seconds()
+    database_before = database_cpu_seconds(database)
+    machine_before = machine_cpu_seconds()
     result = run_load(children, target.port, lines, workdir, concurrency=concurrency)
     result.server_cpu_ms = (target.cpu_seconds() - cpu_before) * 1000 / result.requests
+    database_cpu = database_cpu_seconds(database) - database_before
+    result.database_cpu_ms = database_cpu * 1000 / result.requests
+    result.machine_cpu_ms = (machine_cpu_seconds() - machine_before) * 1000 / result.requests
     return probe, result
 
 
@@ -663,12 +710,32 @@ def without(names: str) -> list[str]:
 
 def _line(label: str, result: LoadResult) -> str:
     cpu = f", server CPU {result.server_cpu_ms:.1f} ms/req" if result.server_cpu_ms else ""
+    if result.database_cpu_ms is not None and result.machine_cpu_ms is not None:
+        cpu += (
+            f", PostgreSQL {result.database_cpu_ms:.1f}, whole machine {result.machine_cpu_ms:.1f}"
+        )
     errors = f"  ERRORS {result.errors} {result.statuses}" if result.errors else ""
     return (
         f"  {label:<26} {result.rps:7.1f} req/s  p50 {result.p50_ms:7.1f}  "
         f"p95 {result.p95_ms:7.1f}  p99 {result.p99_ms:7.1f} ms  "
         f"({result.requests} req in {result.seconds:.1f} s{cpu}){errors}"
     )
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``minimum`` (a count of 0 workers,
+    rounds or requests would end the run in a division by zero after minutes of work)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {number}")
+        return number
+
+    return parse
 
 
 def main() -> None:
@@ -678,10 +745,10 @@ def main() -> None:
         default=os.environ.get("WALLETGUARD_BENCH_ADMIN_URL", DEFAULT_ADMIN_URL),
         help="PostgreSQL URL with CREATE DATABASE rights (env WALLETGUARD_BENCH_ADMIN_URL)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument("--holders", type=int, default=64)
-    parser.add_argument("--merchants", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=32, help="loadgen connections")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="uvicorn worker processes")
+    parser.add_argument("--holders", type=at_least(1), default=64)
+    parser.add_argument("--merchants", type=at_least(1), default=16)
+    parser.add_argument("--concurrency", type=at_least(1), default=32, help="loadgen connections")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each run")
     parser.add_argument(
         "--open-rate",
@@ -690,16 +757,16 @@ def main() -> None:
         help="open-loop requests/s (default: half the measured payment throughput); a fixed "
         "rate compares two versions' latency at the same load",
     )
-    parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
+    parser.add_argument("--warmup", type=at_least(0), default=200, help="requests before each run")
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=at_least(1),
         default=3,
         help="closed loops of payments and of the bare endpoint, alternated; the ratio is the "
         "median round's",
     )
     parser.add_argument(
-        "--alone", type=int, default=200, help="requests sent one at a time, each endpoint"
+        "--alone", type=at_least(1), default=200, help="requests sent one at a time, each endpoint"
     )
     parser.add_argument(
         "--cheap-argon2",
@@ -830,6 +897,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                 seconds=args.seconds,
                 concurrency=args.concurrency,
                 warmup=args.warmup,
+                database=str(make_url(database_url).database),
             )
 
         def opened(on: Server, lines: Callable[[int], list[str]], rate: float) -> LoadResult:
@@ -927,6 +995,17 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         print(
             f"server CPU, one at a time      : payment {pay_ms:.1f} ms, bare {bare_ms:.1f} ms: "
             f"ratio {bare_ms / pay_ms:6.1%}"
+        )
+    if pay_closed.machine_cpu_ms and bare_closed.machine_cpu_ms:
+        # On a machine the closed loop keeps busy, the ratio is about the inverse of the two
+        # requests' CPU on the whole machine: where a payment's goes says what a change can win.
+        print(
+            "CPU a request, median round    : payment "
+            f"{pay_closed.machine_cpu_ms:.1f} ms (server {pay_closed.server_cpu_ms or 0:.1f}, "
+            f"PostgreSQL {pay_closed.database_cpu_ms or 0:.1f}), bare "
+            f"{bare_closed.machine_cpu_ms:.1f} ms (server {bare_closed.server_cpu_ms or 0:.1f}, "
+            f"PostgreSQL {bare_closed.database_cpu_ms or 0:.1f}): ratio "
+            f"{bare_closed.machine_cpu_ms / pay_closed.machine_cpu_ms:6.1%}"
         )
     print(f"statements of one payment      : {statements} (bare: 1)")
     print("payments' connections in a transaction (closed loop, pg_stat_activity):")

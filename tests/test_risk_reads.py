@@ -25,7 +25,7 @@ from walletguard.kit.clock import ManualClock
 from walletguard.kit.db import one_of, unit_of_work
 from walletguard.risk import repository
 from walletguard.risk.models import AUDIT_STEPS, RiskDecision
-from walletguard.risk.rules import HISTORY_SIGNALS
+from walletguard.risk.rules import HISTORY_SIGNALS, RECENT_SIGNALS
 from walletguard.risk.service import RiskService
 from walletguard.risk.signals import HISTORY_DAYS, RiskEvent
 
@@ -184,6 +184,64 @@ def test_the_short_read_looks_no_further_back_than_the_history(
     assert found.place == "北京/北京"
 
 
+def _recent_in(history: list[repository.Past], after: datetime) -> tuple[set[uuid.UUID], set[str]]:
+    """What the signals take from the history when a rule has read it: the cards debited and
+    the payees paid by its movements newer than ``after``."""
+    rows = [past for past in history if past.kind == "movement" and past.created_at > after]
+    cards = {past.card_id for past in rows if past.card_id and past.action != "withdraw"}
+    return cards, {past.payee_key for past in rows if past.payee_key is not None}
+
+
+def test_the_last_half_hour_s_cards_and_payees_are_the_history_s(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    now = clock.now()
+    since = now - timedelta(days=HISTORY_DAYS)
+    after = now - timedelta(minutes=30)
+    chance = random.Random(6222)
+    cards = [uuid.uuid4() for _ in range(4)]
+    beyond = uuid.uuid4()
+    for round_ in range(12):
+        holder_id = uuid.UUID(register(client, container, f"+86138{round_:08d}").holder_id)
+        # Mostly the last hour, some ahead of the clock; in two rounds more decisions in the
+        # half hour than the history holds, the oldest of them with a card and a payee of
+        # their own: out of the history, so out of the short read too.
+        many = round_ in (3, 7)
+        if many:
+            seconds = list(range(1, repository.HISTORY_ROWS + 41))
+        else:
+            seconds = chance.sample(range(-300, 3600), chance.randint(0, 40))
+        rows = []
+        for second in seconds:
+            row = _decision(
+                holder_id,
+                now - timedelta(seconds=second),
+                chance.choice(["allow", "challenge", "hold", "block"]),
+                PLACES[2],
+            )
+            row.kind = chance.choice(["movement", "movement", "movement", "login"])
+            row.action = chance.choice(["payment", "transfer", "top_up", "withdraw"])
+            row.card_id = chance.choice([*cards, None])
+            row.payee_key = chance.choice(["p1", "p2", "p3", "p4", "p5", None])
+            if second > repository.HISTORY_ROWS:
+                row.kind, row.action, row.card_id, row.payee_key = (
+                    "movement",
+                    "top_up",
+                    beyond,
+                    "beyond",
+                )
+            rows.append(row)
+        with unit_of_work(container.sessions) as db:
+            db.add_all(rows)
+        with container.sessions() as db:
+            history = repository.history(db, holder_id, since)
+            found = repository.recent_cards_and_payees(db, holder_id, since, after)
+        assert found == _recent_in(history, after), round_
+        if many:
+            assert beyond not in found[0]
+            assert "beyond" not in found[1]
+
+
 def _signals_of_payment(container: Container, amount_fen: int) -> dict[str, Any]:
     with container.sessions() as db:
         stored = db.scalars(
@@ -204,7 +262,8 @@ def test_the_history_is_read_only_when_a_rule_reaches_it(
     assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
     # An everyday payment from the holder's own phone: every rule is settled by what is known
     # with the event, so nothing of the history is read, or stored as its evidence.
-    assert set(HISTORY_SIGNALS).isdisjoint(_signals_of_payment(container, 3_500))
+    everyday = _signals_of_payment(container, 3_500)
+    assert {*HISTORY_SIGNALS, *RECENT_SIGNALS}.isdisjoint(everyday)
     # 2,500.00 to a payee never paid before: "far above the usual amount" has to look at the
     # history, which holds the top-up and the first payment; both are its evidence.
     body = {"merchant": "金店", "amount": "2500.00", "payment_password": PIN}
@@ -213,6 +272,20 @@ def test_the_history_is_read_only_when_a_rule_reaches_it(
     signals = _signals_of_payment(container, 250_000)
     assert signals["history_count_90d"] == 2
     assert signals["amount_vs_p95"] == round(250_000 / 290_000, 2)  # the top-up is the p95
+
+
+def test_after_a_large_top_up_only_the_last_half_hour_is_read(
+    client: TestClient, container: Container
+) -> None:
+    # 5,000.00 topped up from the card: over 3,000.00 in the hour, so "several cards drained"
+    # counts the cards of the last half hour (the top-up's one), and nothing more of the
+    # history is read or stored.
+    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up="5000.00")
+    body = {"merchant": "全家便利店", "amount": "35.00", "payment_password": PIN}
+    assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
+    signals = _signals_of_payment(container, 3_500)
+    assert (signals["cards_debited_30m"], signals["payees_30m"]) == (1, 1)
+    assert set(HISTORY_SIGNALS).isdisjoint(signals)
 
 
 def test_a_refused_payment_stores_the_history_s_signals_whichever_rule_refused_it(
@@ -235,5 +308,6 @@ def test_a_refused_payment_stores_the_history_s_signals_whichever_rule_refused_i
             )
         )
     assert (refused.outcome, refused.rules) == ("block", ("scam-named-payee",))
-    assert set(HISTORY_SIGNALS) <= set(refused.signals)
+    assert {*HISTORY_SIGNALS, *RECENT_SIGNALS} <= set(refused.signals)
+    assert refused.signals["payees_30m"] == 1  # this payment's own payee
     assert refused.signals["history_count_90d"] == 1  # the top-up

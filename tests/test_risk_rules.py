@@ -12,6 +12,7 @@ import pytest
 
 from walletguard.risk.rules import (
     HISTORY_SIGNALS,
+    RECENT_SIGNALS,
     SPREAD_SIGNALS,
     TRAVEL_SIGNALS,
     RuleBook,
@@ -372,13 +373,17 @@ rules:
 
 
 def _lazy_signals(**made: Any) -> tuple[Signals, list[str]]:
-    """Signals made with the event (``made``), and the history's and the spread's groups on
-    demand; returns what was read, in order."""
+    """Signals made with the event (``made``), and the history's, the last half hour's,
+    travel's and the spread's groups on demand; returns what was read, in order."""
     read: list[str] = []
 
     def history() -> dict[str, Any]:
         read.append("history")
         return {**{name: BENIGN[name] for name in HISTORY_SIGNALS}, "amount_vs_p95": 12.0}
+
+    def recent() -> dict[str, Any]:
+        read.append("recent")
+        return {"cards_debited_30m": 3, "payees_30m": 1}
 
     def travel() -> dict[str, Any]:
         read.append("travel")
@@ -389,9 +394,10 @@ def _lazy_signals(**made: Any) -> tuple[Signals, list[str]]:
         return dict.fromkeys(SPREAD_SIGNALS, 9)
 
     signals = Signals(**{**BENIGN, **made})
-    for name in (*HISTORY_SIGNALS, *TRAVEL_SIGNALS, *SPREAD_SIGNALS):
+    for name in (*HISTORY_SIGNALS, *RECENT_SIGNALS, *TRAVEL_SIGNALS, *SPREAD_SIGNALS):
         signals.pop(name, None)
     signals.on_demand(HISTORY_SIGNALS, history)
+    signals.on_demand(RECENT_SIGNALS, recent)
     signals.on_demand(TRAVEL_SIGNALS, travel)
     signals.on_demand(SPREAD_SIGNALS, spread)
     return signals, read
@@ -439,7 +445,47 @@ def test_rules_run_in_the_order_of_what_they_read_and_fire_in_the_file_s() -> No
     fired = evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement")
     assert [rule.id for rule in fired] == ["far-away", "far-above"]
     assert read == ["history", "travel"]
+    assert [rule.read_rank for rule in rules.rules] == [3, 2]
+
+
+RECENT_THEN_HISTORY = """\
+version: 1
+rules:
+  - id: far-above
+    kinds: [movement]
+    when:
+      all:
+        - {signal: amount_vs_p95, gt: 5}
+        - {signal: device_new, is: true}
+    action: challenge
+    score: 10
+    reasons: {zh-CN: 远超平时金额, en: far above the usual amount}
+  - id: drained
+    kinds: [movement]
+    when:
+      all:
+        - {signal: cards_debited_30m, ge: 3}
+        - {signal: holder_sum_1h, ge: 300000}
+    action: hold
+    score: 50
+    reasons: {zh-CN: 多卡扣款, en: several cards}
+"""
+
+
+def test_the_last_half_hour_s_cards_are_read_without_the_history() -> None:
+    # "Several cards drained" needs the cards of the last half hour, not the 90-day history:
+    # a rule reading the history that a signal made with the event rules out reads nothing.
+    rules = parse_rules(RECENT_THEN_HISTORY)
     assert [rule.read_rank for rule in rules.rules] == [2, 1]
+    signals, read = _lazy_signals(device_new=False, holder_sum_1h=900_000)
+    fired = evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement")
+    assert [rule.id for rule in fired] == ["drained"]
+    assert read == ["recent"]
+    assert "amount_vs_p95" not in signals
+    # Under 3,000.00 in the hour, the cards are not looked at either.
+    signals, read = _lazy_signals(device_new=False, holder_sum_1h=20_000)
+    assert evaluate(rules, Facts(signals, None, None, None, None), NOW, "movement") == []
+    assert read == []
 
 
 def test_the_sequence_timeline_reads_the_earlier_movements_once_and_in_order() -> None:

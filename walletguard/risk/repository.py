@@ -13,6 +13,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     func,
     literal,
     null,
@@ -111,6 +112,31 @@ _LAST_ALLOWED_PLACE = (
     )
     .order_by(_BOUNDED.c.created_at.desc())
     .limit(1)
+)
+
+# The cards and the payees of the holder's movements since ``after`` (the last half hour) among
+# the rows ``_HISTORY`` would give: its newest rows, bounded alike, the newer than ``after``
+# being a prefix of them; one row per distinct (card, payee), the card left out (NULL) of a
+# withdrawal, which credits it. What "several cards drained" and "many new payees" count,
+# without reading the rest of the history.
+_NEWEST = (
+    select(_DECISIONS.c.kind, _DECISIONS.c.action, _DECISIONS.c.card_id, _DECISIONS.c.payee_key)
+    .where(
+        _DECISIONS.c.holder_id == bindparam("holder_id"),
+        _DECISIONS.c.created_at >= bindparam("since"),
+        _DECISIONS.c.created_at > bindparam("after"),
+    )
+    .order_by(_DECISIONS.c.created_at.desc())
+    .limit(HISTORY_ROWS)
+    .subquery("newest")
+)
+_RECENT_CARDS_AND_PAYEES = (
+    select(
+        case((_NEWEST.c.action != "withdraw", _NEWEST.c.card_id), else_=null()).label("card_id"),
+        _NEWEST.c.payee_key,
+    )
+    .where(_NEWEST.c.kind == "movement")
+    .distinct()
 )
 
 # One statement before every decision, its rows told apart by ``source``: the holder's facts
@@ -341,6 +367,22 @@ def last_allowed_place(
     params = {"holder_id": holder_id, "since": since, "session_id": None, "now": now}
     found: Past | None = core(db).execute(_LAST_ALLOWED_PLACE, params, row=Past._make).first()
     return found
+
+
+def recent_cards_and_payees(
+    db: Session, holder_id: uuid.UUID, since: datetime, after: datetime
+) -> tuple[set[uuid.UUID], set[str]]:
+    """The cards debited and the payees paid by the holder's movements of ``history``
+    (bounded alike) made after ``after``, refused ones included, without reading the rest."""
+    params = {"holder_id": holder_id, "since": since, "after": after}
+    cards: set[uuid.UUID] = set()
+    payees: set[str] = set()
+    for card_id, payee_key in core(db).execute(_RECENT_CARDS_AND_PAYEES, params):
+        if card_id is not None:
+            cards.add(card_id)
+        if payee_key is not None:
+            payees.add(payee_key)
+    return cards, payees
 
 
 class PaidPayee(NamedTuple):

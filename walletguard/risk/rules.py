@@ -96,31 +96,32 @@ SIGNALS: dict[str, type] = {
 }
 
 # Signals the engine computes only when a rule reads one (``signals.Signals.on_demand``), ranked
-# by when they are read: 1 the holder's 90-day decision history (one read of up to
-# ``HISTORY_ROWS`` decisions), 2 travel (the place the holder was last let in: taken from the
-# history once it is read, otherwise one short read of its own; nothing when this event's place
-# is unknown), 3 counts over other holders' decisions. Every other signal is made with the event
-# (rank 0). The parts of an ``all`` or ``any`` are tried in rank order (either means the same
-# in any order) and the rules run in the rank order of what they read
-# (``RuleSet.in_reading_order``), so a rule that a signal made with the event rules out reads
-# nothing more, and travel is read after any rule that needed the history has read it, never
-# twice.
+# by when they are read: 1 the cards and payees of the holder's last half hour (taken from the
+# history once it is read, otherwise one short read of the history's newest rows), 2 the
+# holder's 90-day decision history (one read of up to ``HISTORY_ROWS`` decisions), 3 travel
+# (the place the holder was last let in: taken from the history once it is read, otherwise one
+# short read of its own; nothing when this event's place is unknown), 4 counts over other
+# holders' decisions. Every other signal is made with the event (rank 0). The parts of an
+# ``all`` or ``any`` are tried in rank order (either means the same in any order) and the rules
+# run in the rank order of what they read (``RuleSet.in_reading_order``), so a rule that a
+# signal made with the event rules out reads nothing more, and travel is read after any rule
+# that needed the history has read it, never twice.
+RECENT_SIGNALS = ("cards_debited_30m", "payees_30m")
 HISTORY_SIGNALS = (
     "province_familiar",
     "history_count_90d",
     "amount_vs_p95",
     "dormant_d",
-    "cards_debited_30m",
-    "payees_30m",
     "session_flagged",
 )
 TRAVEL_SIGNALS = ("travel_km", "travel_kmh")
 SPREAD_SIGNALS = ("payee_senders_1h", "ip_holders_24h", "device_holders_24h")
-HISTORY_RANK = 1
+HISTORY_RANK = 2
 READ_RANK: dict[str, int] = {
+    **dict.fromkeys(RECENT_SIGNALS, 1),
     **dict.fromkeys(HISTORY_SIGNALS, HISTORY_RANK),
-    **dict.fromkeys(TRAVEL_SIGNALS, 2),
-    **dict.fromkeys(SPREAD_SIGNALS, 3),
+    **dict.fromkeys(TRAVEL_SIGNALS, 3),
+    **dict.fromkeys(SPREAD_SIGNALS, 4),
 }
 
 # What a sequence step may name: audit events of the holder, earlier decisions, this event.

@@ -38,6 +38,7 @@ from walletguard.risk.geo import geo_locator
 from walletguard.risk.models import RiskDecision, RiskPayee, RiskScamExposure
 from walletguard.risk.rules import (
     HISTORY_SIGNALS,
+    RECENT_SIGNALS,
     SEVERITY,
     TRAVEL_SIGNALS,
     Rule,
@@ -251,8 +252,9 @@ class RiskService:
         if outcome != "allow" and isinstance(facts.signals, Signals):
             # A refusal is looked at by the holder and by an operator: its evidence is every
             # signal of the event and the holder's history, not only those its rules reached
-            # (other holders' counts still only when a rule asked for them).
-            facts.signals.read_now((*TRAVEL_SIGNALS, *HISTORY_SIGNALS))
+            # (other holders' counts still only when a rule asked for them). The history first:
+            # the last half hour's cards and payees and travel are then taken from it.
+            facts.signals.read_now((*HISTORY_SIGNALS, *RECENT_SIGNALS, *TRAVEL_SIGNALS))
         expires_at = None
         review = None
         if outcome == "hold":

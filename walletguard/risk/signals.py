@@ -22,7 +22,12 @@ from walletguard.identity.guards import device_state
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
 from walletguard.risk.models import AUDIT_STEPS
-from walletguard.risk.rules import HISTORY_SIGNALS, SPREAD_SIGNALS, TRAVEL_SIGNALS
+from walletguard.risk.rules import (
+    HISTORY_SIGNALS,
+    RECENT_SIGNALS,
+    SPREAD_SIGNALS,
+    TRAVEL_SIGNALS,
+)
 from walletguard.risk.velocity import VelocityStore
 
 NEVER_H = 1_000_000.0
@@ -314,8 +319,7 @@ class SignalReader:
 
         def habits() -> dict[str, Any]:
             """What the holder's decision history says: familiar provinces, the usual amount,
-            the last time money went out, a flagged session, cards and payees of the last
-            half hour (this movement's own among them)."""
+            the last time money went out, a flagged session."""
             past_rows = history()
             provinces = set(familiar)
             for past in past_rows:
@@ -335,16 +339,6 @@ class SignalReader:
                 ),
                 None,
             )
-            recent = [
-                p for p in past_rows if p.kind == "movement" and p.created_at > now - HALF_HOUR
-            ]
-            cards = {p.card_id for p in recent if p.card_id is not None and p.action != "withdraw"}
-            payees = {p.payee_key for p in recent if p.payee_key is not None}
-            if event.kind == "movement":
-                if event.card_id is not None and event.action != "withdraw":
-                    cards.add(event.card_id)
-                if payee_key:
-                    payees.add(payee_key)
             return {
                 "province_familiar": (
                     place is None or not provinces or place.province in provinces
@@ -361,11 +355,34 @@ class SignalReader:
                     for p in past_rows
                     if event.session_id is not None
                 ),
-                "cards_debited_30m": len(cards),
-                "payees_30m": len(payees),
             }
 
         s.on_demand(HISTORY_SIGNALS, habits)
+
+        def recent() -> dict[str, Any]:
+            """The cards debited and the payees paid in the last half hour, refused attempts
+            and this movement included: from the history if a rule has read it, otherwise
+            from one short read of its newest rows (``repository.recent_cards_and_payees``,
+            the same rows)."""
+            after = now - HALF_HOUR
+            cards: set[uuid.UUID]
+            payees: set[str]
+            if read:
+                rows = [p for p in history() if p.kind == "movement" and p.created_at > after]
+                cards = {p.card_id for p in rows if p.card_id and p.action != "withdraw"}
+                payees = {p.payee_key for p in rows if p.payee_key is not None}
+            else:
+                cards, payees = repository.recent_cards_and_payees(
+                    db, event.holder_id, since, after
+                )
+            if event.kind == "movement":
+                if event.card_id is not None and event.action != "withdraw":
+                    cards.add(event.card_id)
+                if payee_key:
+                    payees.add(payee_key)
+            return {"cards_debited_30m": len(cards), "payees_30m": len(payees)}
+
+        s.on_demand(RECENT_SIGNALS, recent)
 
         # Distinct holders, this one included: counted only if a rule asks (they scan every
         # decision sharing the payee, IP or device in the window).
