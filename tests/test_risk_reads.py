@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import column, select, text
 
-from tests.conftest import START, register
+from tests.conftest import START, Holder, register
 from tests.wallet_support import PIN, funded_holder, money_post
 from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
@@ -27,7 +27,7 @@ from walletguard.risk import repository
 from walletguard.risk.models import AUDIT_STEPS, RiskDecision
 from walletguard.risk.rules import HISTORY_SIGNALS, RECENT_SIGNALS
 from walletguard.risk.service import RiskService
-from walletguard.risk.signals import HISTORY_DAYS, RiskEvent
+from walletguard.risk.signals import HISTORY_DAYS, RiskEvent, cards_and_payees_after
 
 INDEX = "ix_audit_log_risk_events"
 
@@ -184,14 +184,6 @@ def test_the_short_read_looks_no_further_back_than_the_history(
     assert found.place == "北京/北京"
 
 
-def _recent_in(history: list[repository.Past], after: datetime) -> tuple[set[uuid.UUID], set[str]]:
-    """What the signals take from the history when a rule has read it: the cards debited and
-    the payees paid by its movements newer than ``after``."""
-    rows = [past for past in history if past.kind == "movement" and past.created_at > after]
-    cards = {past.card_id for past in rows if past.card_id and past.action != "withdraw"}
-    return cards, {past.payee_key for past in rows if past.payee_key is not None}
-
-
 def test_the_last_half_hour_s_cards_and_payees_are_the_history_s(
     client: TestClient, container: Container, clock: ManualClock
 ) -> None:
@@ -236,7 +228,7 @@ def test_the_last_half_hour_s_cards_and_payees_are_the_history_s(
         with container.sessions() as db:
             history = repository.history(db, holder_id, since)
             found = repository.recent_cards_and_payees(db, holder_id, since, after)
-        assert found == _recent_in(history, after), round_
+        assert found == cards_and_payees_after(history, after), round_
         if many:
             assert beyond not in found[0]
             assert "beyond" not in found[1]
@@ -253,16 +245,24 @@ def _signals_of_payment(container: Container, amount_fen: int) -> dict[str, Any]
     return found
 
 
+def _everyday_payment_after_top_up(
+    client: TestClient, container: Container, top_up: str
+) -> tuple[Holder, dict[str, Any]]:
+    """A holder topped up with ``top_up`` from a card pays 35.00 at a convenience store from
+    the balance: the holder, and the signals stored with that payment's decision."""
+    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up=top_up)
+    body = {"merchant": "全家便利店", "amount": "35.00", "payment_password": PIN}
+    assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
+    return holder, _signals_of_payment(container, 3_500)
+
+
 def test_the_history_is_read_only_when_a_rule_reaches_it(
     client: TestClient, container: Container
 ) -> None:
     # Under 3,000.00 in the hour: "several cards drained" needs no look at the history.
-    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up="2900.00")
-    body = {"merchant": "全家便利店", "amount": "35.00", "payment_password": PIN}
-    assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
+    holder, everyday = _everyday_payment_after_top_up(client, container, "2900.00")
     # An everyday payment from the holder's own phone: every rule is settled by what is known
     # with the event, so nothing of the history is read, or stored as its evidence.
-    everyday = _signals_of_payment(container, 3_500)
     assert {*HISTORY_SIGNALS, *RECENT_SIGNALS}.isdisjoint(everyday)
     # 2,500.00 to a payee never paid before: "far above the usual amount" has to look at the
     # history, which holds the top-up and the first payment; both are its evidence.
@@ -280,10 +280,7 @@ def test_after_a_large_top_up_only_the_last_half_hour_is_read(
     # 5,000.00 topped up from the card: over 3,000.00 in the hour, so "several cards drained"
     # counts the cards of the last half hour (the top-up's one), and nothing more of the
     # history is read or stored.
-    holder, _card, _ = funded_holder(client, container, "+8613812345678", top_up="5000.00")
-    body = {"merchant": "全家便利店", "amount": "35.00", "payment_password": PIN}
-    assert money_post(client, "/api/v1/payments", body, holder).status_code == 201
-    signals = _signals_of_payment(container, 3_500)
+    _holder, signals = _everyday_payment_after_top_up(client, container, "5000.00")
     assert (signals["cards_debited_30m"], signals["payees_30m"]) == (1, 1)
     assert set(HISTORY_SIGNALS).isdisjoint(signals)
 

@@ -115,21 +115,11 @@ _LAST_ALLOWED_PLACE = (
 )
 
 # The cards and the payees of the holder's movements since ``after`` (the last half hour) among
-# the rows ``_HISTORY`` would give: its newest rows, bounded alike, the newer than ``after``
-# being a prefix of them; one row per distinct (card, payee), the card left out (NULL) of a
-# withdrawal, which credits it. What "several cards drained" and "many new payees" count,
-# without reading the rest of the history.
-_NEWEST = (
-    select(_DECISIONS.c.kind, _DECISIONS.c.action, _DECISIONS.c.card_id, _DECISIONS.c.payee_key)
-    .where(
-        _DECISIONS.c.holder_id == bindparam("holder_id"),
-        _DECISIONS.c.created_at >= bindparam("since"),
-        _DECISIONS.c.created_at > bindparam("after"),
-    )
-    .order_by(_DECISIONS.c.created_at.desc())
-    .limit(HISTORY_ROWS)
-    .subquery("newest")
-)
+# the rows ``_HISTORY`` would give: its own bounded range (the rows newer than ``after`` are the
+# newest of it), one row per distinct (card, payee), the card left out (NULL) of a withdrawal,
+# which credits it. What "several cards drained" and "many new payees" count, without reading
+# the rest of the history.
+_NEWEST = _HISTORY.where(_DECISIONS.c.created_at > bindparam("after")).subquery("newest")
 _RECENT_CARDS_AND_PAYEES = (
     select(
         case((_NEWEST.c.action != "withdraw", _NEWEST.c.card_id), else_=null()).label("card_id"),
@@ -374,7 +364,7 @@ def recent_cards_and_payees(
 ) -> tuple[set[uuid.UUID], set[str]]:
     """The cards debited and the payees paid by the holder's movements of ``history``
     (bounded alike) made after ``after``, refused ones included, without reading the rest."""
-    params = {"holder_id": holder_id, "since": since, "after": after}
+    params = {"holder_id": holder_id, "since": since, "session_id": None, "after": after}
     cards: set[uuid.UUID] = set()
     payees: set[str] = set()
     for card_id, payee_key in core(db).execute(_RECENT_CARDS_AND_PAYEES, params):

@@ -365,12 +365,8 @@ class SignalReader:
             from one short read of its newest rows (``repository.recent_cards_and_payees``,
             the same rows)."""
             after = now - HALF_HOUR
-            cards: set[uuid.UUID]
-            payees: set[str]
             if read:
-                rows = [p for p in history() if p.kind == "movement" and p.created_at > after]
-                cards = {p.card_id for p in rows if p.card_id and p.action != "withdraw"}
-                payees = {p.payee_key for p in rows if p.payee_key is not None}
+                cards, payees = cards_and_payees_after(history(), after)
             else:
                 cards, payees = repository.recent_cards_and_payees(
                     db, event.holder_id, since, after
@@ -438,6 +434,16 @@ class SignalReader:
 
 
 HALF_HOUR = timedelta(minutes=30)
+
+
+def cards_and_payees_after(
+    history: list[repository.Past], after: datetime
+) -> tuple[set[uuid.UUID], set[str]]:
+    """The cards debited and the payees paid by the history's movements newer than ``after``
+    (what ``repository.recent_cards_and_payees`` reads without the rest of the history)."""
+    rows = [past for past in history if past.kind == "movement" and past.created_at > after]
+    cards = {past.card_id for past in rows if past.card_id and past.action != "withdraw"}
+    return cards, {past.payee_key for past in rows if past.payee_key is not None}
 
 
 def _let_in_at_a_place(past: repository.Past, now: datetime) -> bool:
