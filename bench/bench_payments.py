@@ -191,13 +191,20 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of every live process in the server's group (Linux /proc)."""
-        total = 0.0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with suppress(ValueError, IndexError):
-                fields = proc_stat(stat)
-                if fields is not None and int(fields[2]) == self.pid:
-                    total += cpu_seconds_of(fields)
-        return total
+        return processes_cpu_seconds(lambda _stat, fields: int(fields[2]) == self.pid)
+
+
+def processes_cpu_seconds(keep: Callable[[Path, list[str]], bool]) -> float:
+    """User + system CPU time of the live processes that ``keep`` (given the path of one's
+    ``/proc/<pid>/stat`` and its ``proc_stat`` fields) keeps; one that ends while it is read,
+    or whose files cannot be read, is left out."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = proc_stat(stat)
+            if fields is not None and keep(stat, fields):
+                total += cpu_seconds_of(fields)
+    return total
 
 
 def proc_stat(path: Path) -> list[str] | None:
@@ -267,27 +274,29 @@ def database_cpu_seconds(database: str) -> float:
     processes: WAL writer, checkpointer, ...), from Linux /proc; connections to other
     databases are left out. A connection closed during a run takes its CPU with it: the pools
     here keep theirs open."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError, ValueError, IndexError):
-            if not stat.read_text().partition("(")[2].startswith("postgres)"):
-                continue
-            title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            # A connection's title names its user, database and client: "host(port)" or
-            # "[local]"; a background process's does not.
-            client = "(" in title or "[local]" in title
-            if client and f" {database} " not in title:
-                continue
-            fields = proc_stat(stat)
-            if fields is not None:
-                total += cpu_seconds_of(fields)
-    return total
+
+    def serves(stat: Path, _fields: list[str]) -> bool:
+        if not stat.read_text().partition("(")[2].startswith("postgres)"):
+            return False
+        title = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        # A connection's title names its user, database and client: "host(port)" or
+        # "[local]"; a background process's does not.
+        client = "(" in title or "[local]" in title
+        return not client or f" {database} " in title
+
+    return processes_cpu_seconds(serves)
+
+
+def _cpu_times() -> list[int]:
+    """The first line of /proc/stat: the whole machine's CPU time in each state, in ticks
+    (user, nice, system, idle, iowait, ...)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        return [int(v) for v in handle.readline().split()[1:]]
 
 
 def machine_cpu_seconds() -> float:
-    """CPU time every process of the machine has used (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
+    """CPU time every process of the machine has used (all but idle and iowait)."""
+    values = _cpu_times()
     return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -296,8 +305,7 @@ def machine_busy_share(seconds: float = 1.0) -> float:
     when sampled while it is idle, which skews every figure on a shared machine."""
 
     def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as handle:
-            values = [int(v) for v in handle.readline().split()[1:]]
+        values = _cpu_times()
         return values[3] + values[4], sum(values)  # idle + iowait, all
 
     idle_before, total_before = sample()
