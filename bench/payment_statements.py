@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -139,15 +139,19 @@ def main() -> None:
         with paying_holder(container) as pay:
             trace(container, pay, verbose=args.verbose)
             if args.cpu:
-                payment_ms, health_ms, database_ms = cpu_per_request(
-                    pay, args.cpu, container.engine
-                )
+                cost = cpu_per_request(pay, args.cpu, container.engine)
                 print(
                     f"CPU a payment (median of {args.cpu}, in process, test client included): "
-                    f"{payment_ms:.2f} ms; a GET /healthz on the same client: {health_ms:.2f} ms"
+                    f"{cost.payment_ms:.2f} ms; a GET /healthz on the same client: "
+                    f"{cost.health_ms:.2f} ms"
                 )
-                if database_ms is not None:
-                    print(f"PostgreSQL's CPU a payment (mean of {args.cpu}): {database_ms:.2f} ms")
+                if cost.database_ms is not None:
+                    print(
+                        f"PostgreSQL's CPU a payment (mean of {args.cpu}): "
+                        f"{cost.database_ms:.2f} ms"
+                    )
+                if cost.wal_bytes is not None:
+                    print(f"WAL a payment (mean of {args.cpu}): {cost.wal_bytes:,.0f} bytes")
         container.close()
 
 
@@ -238,19 +242,32 @@ def statements_of_one_payment(container: Any, pay: _Payer) -> list[tuple[str, st
     return seen
 
 
-def cpu_per_request(pay: _Payer, count: int, engine: Any) -> tuple[float, float, float | None]:
+class Cost(NamedTuple):
+    """What one payment costs, from ``cpu_per_request``."""
+
+    payment_ms: float
+    health_ms: float
+    database_ms: float | None
+    wal_bytes: float | None
+
+
+def cpu_per_request(pay: _Payer, count: int, engine: Any) -> Cost:
     """Median CPU of this process (every thread: the app's and the test client's) for one
     payment, and for one ``GET /healthz`` on the same client (what the client and the framework
     cost around any request), in ms, over ``count`` of each after a warm-up; and, on
     PostgreSQL, the mean CPU of the database's server processes a payment (Linux /proc, whole
-    ticks: a total over the run, divided). Requests run one at a time, nothing else in the
+    ticks: a total over the run, divided) and the mean WAL a payment writes (the server's
+    insert position before and after: every row and index entry written, the commit's record;
+    unlike CPU it does not move with the machine's load, though anything else written to the
+    same server in the meantime counts too). Requests run one at a time, nothing else in the
     process: a steadier figure than HTTP load on a shared machine, for comparing two versions
-    of the payment path (both sides: work moved into SQL shows in the second figure)."""
+    of the payment path (both sides: work moved into SQL shows in the third figure)."""
     client = pay.client
     for _ in range(10):
         pay()
         client.get("/healthz")
     backends = _backends(engine)
+    wal_started = _wal_position(engine)
     database_started = _cpu_seconds(backends)
     payments, health = [], []
     for _ in range(count):
@@ -260,10 +277,26 @@ def cpu_per_request(pay: _Payer, count: int, engine: Any) -> tuple[float, float,
         started = time.process_time()
         client.get("/healthz")
         health.append(time.process_time() - started)
-    database_ms = None
+    database_ms = wal_bytes = None
     if backends:
         database_ms = (_cpu_seconds(backends) - database_started) / count * 1000
-    return statistics.median(payments) * 1000, statistics.median(health) * 1000, database_ms
+    wal_ended = _wal_position(engine)
+    if wal_started is not None and wal_ended is not None:
+        wal_bytes = (wal_ended - wal_started) / count
+    return Cost(
+        statistics.median(payments) * 1000, statistics.median(health) * 1000, database_ms, wal_bytes
+    )
+
+
+def _wal_position(engine: Any) -> int | None:
+    """PostgreSQL's WAL insert position, in bytes from the start (None on SQLite)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as connection:
+        found = connection.execute(
+            text("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+        )
+        return int(found.scalar_one())
 
 
 def _backends(engine: Any) -> list[int]:

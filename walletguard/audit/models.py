@@ -19,7 +19,7 @@ class AuditEntry(Base):
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[datetime]
-    event: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[str] = mapped_column(String(64))
     holder_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     device_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     ip: Mapped[str | None] = mapped_column(String(64))

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,7 +58,14 @@ class RiskDecision(Base):
         Index("ix_risk_decisions_payee_key_created_at", "payee_key", "created_at"),
         Index("ix_risk_decisions_ip_key_created_at", "ip_key", "created_at"),
         Index("ix_risk_decisions_device_key_created_at", "device_key", "created_at"),
-        Index("ix_risk_decisions_review_created_at", "review", "created_at"),
+        # Only held decisions are reviewed: the index holds those alone (migration 0013).
+        Index(
+            "ix_risk_decisions_review_created_at",
+            "review",
+            "created_at",
+            postgresql_where=text("review IS NOT NULL"),
+            sqlite_where=text("review IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)

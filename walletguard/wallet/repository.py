@@ -159,8 +159,11 @@ def spent_since(
     card_id: uuid.UUID | None = None,
     device_id: uuid.UUID | None = None,
 ) -> int:
-    """Pending and posted movements of these kinds since ``since``, by holder, by card or made
-    from one device."""
+    """Pending and posted movements of these kinds since ``since``, by holder (and made from
+    one of their devices) or by card: a range of the holder's movements or of the card's,
+    never of everyone's day (there is no index by time alone, migration 0013)."""
+    if holder_id is None and card_id is None:
+        raise ValueError("spent_since counts a holder's movements or a card's")
     query = select(func.coalesce(func.sum(LedgerTransaction.amount_fen), 0)).where(
         LedgerTransaction.created_at >= since,
         LedgerTransaction.kind.in_(kinds),

@@ -402,6 +402,8 @@ class WalletService:
             self.db,
             local_midnight(self.clock.now()),
             HOLDER_COUNTED_KINDS,
+            # The device is the holder's: their day's movements are one range of an index.
+            holder_id=principal.holder_id,
             device_id=principal.device_id,
         )
         if spent + amount_fen > cap:
