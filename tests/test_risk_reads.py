@@ -85,6 +85,7 @@ def test_one_of_writes_only_plain_words_into_the_sql() -> None:
     assert str(one_of(column("event"), ["login.succeeded", "a_b"])) == (
         "event IN ('login.succeeded', 'a_b')"
     )
+    assert str(one_of(column("status"), ["pending"])) == "status = 'pending'"
     with pytest.raises(ValueError, match="plain words"):
         one_of(column("event"), ["x') OR ('1' = '1"])
 

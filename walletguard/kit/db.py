@@ -290,10 +290,14 @@ def one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[b
     does not search an index by them (``audit_log.event = $7 OR event = $8 ...`` was a filter
     over every row of the holder's days), and a partial index can name the same constants in
     its ``WHERE`` (``risk.models.AUDIT_STEPS_WHERE``, migration 0012). For the statements every
-    decision or movement runs; anywhere else ``in_()`` is fine."""
+    decision or movement runs; anywhere else ``in_()`` is fine. One value is ``column = 'a'``:
+    SQLite uses a partial index whose ``WHERE`` is that equality only for the same equality,
+    not for an IN of one (the pending movements', ``wallet.repository.expired_pending``)."""
     for value in values:
         if not _CONSTANT.fullmatch(value):
             raise ValueError(f"one_of takes plain words, not {value!r}")
+    if len(values) == 1:
+        return column == literal_column(f"'{values[0]}'")
     return column.in_([literal_column(f"'{value}'") for value in values])
 
 

@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from walletguard.kit.clock import Clock
-from walletguard.kit.db import UtcDateTime, core, is_postgres
+from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
 from walletguard.kit.errors import Conflict
 from walletguard.kit.money import format_yuan
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction, Posting
@@ -528,7 +528,10 @@ def reconcile(db: Session) -> LedgerReport:
             LedgerTransaction.hold_account_id.label("account_id"),
             func.sum(LedgerTransaction.amount_fen).label("total"),
         )
-        .where(LedgerTransaction.status == PENDING, LedgerTransaction.hold_account_id.is_not(None))
+        .where(  # the partial index of pending movements (``repository.expired_pending``)
+            one_of(_TXNS.c.status, [PENDING]),
+            LedgerTransaction.hold_account_id.is_not(None),
+        )
         .group_by(LedgerTransaction.hold_account_id)
         .subquery()
     )

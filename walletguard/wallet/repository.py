@@ -129,8 +129,11 @@ def movement_visible_to(
 def expired_pending(
     db: Session, now: datetime, holder_id: uuid.UUID | None
 ) -> Sequence[LedgerTransaction]:
+    # 'pending' written into the SQL: the partial index of pending movements serves this sweep
+    # of every holder's only if the statement names its WHERE (a parameter would not, once
+    # PostgreSQL plans the statement for any parameters).
     query = select(LedgerTransaction).where(
-        LedgerTransaction.status == "pending",
+        one_of(_TXNS.c.status, ["pending"]),
         LedgerTransaction.expires_at.is_not(None),
         LedgerTransaction.expires_at <= now,
     )
