@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from tests.conftest import START
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.db import unit_of_work
-from walletguard.risk.velocity import DatabaseVelocity, RedisVelocity, VelocityStore, Window
+from walletguard.risk.velocity import (
+    RETENTION,
+    DatabaseVelocity,
+    RedisVelocity,
+    VelocityStore,
+    Window,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SPANS = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
@@ -79,16 +86,76 @@ def redis_store() -> Iterator[RedisVelocity]:
         client.delete(key)
 
 
+def _minute(at: datetime) -> int:
+    return int(at.timestamp()) // 60
+
+
 def test_redis_velocity(redis_store: RedisVelocity) -> None:
     exercise(redis_store)
-    # every key expires on its own and old members are trimmed on write
+    # Per key, a hash for each hour of its minutes and for each day of its hours, each expiring
+    # on its own, RETENTION (and an hour) after its last write; a key's hashes share one Redis
+    # Cluster slot (the braces).
+    keys = {key.decode() for key in redis_store.client.scan_iter(match=redis_store.prefix + "*")}
+    holder_times = [START + timedelta(minutes=m) for m in (-30 * 60, -120, -30, -5, 0, 1)]
+    card_times = [START + timedelta(minutes=m) for m in (-30 * 60, -120, -5)]
+    expected = 0
+    for times in (holder_times, card_times):
+        expected += len({_minute(at) // 60 for at in times})
+        expected += len({_minute(at) // 60 // 24 for at in times})
+    assert len(keys) == expected
+    assert all(
+        0 < redis_store.client.ttl(key) <= (RETENTION + timedelta(hours=1)).total_seconds()
+        for key in keys
+    )
+    assert all(
+        re.fullmatch(re.escape(redis_store.prefix) + r"\{(holder|card):[^}]+\}:[mh]:\d+", key)
+        for key in keys
+    )
+
+
+def test_a_busy_key_is_summed_in_redis_by_the_minute_and_hour_not_by_the_payment(
+    redis_store: RedisVelocity,
+) -> None:
+    """A merchant paid 3,000 times in a day: its hashes hold a pair of fields a minute and an
+    hour, not a member a payment, and a window comes back as its sums alone, counted by the
+    minute as the database counts them (the window's first minute whole), whichever hours its
+    ends fall in."""
+    merchant = f"payee:{uuid.uuid4().hex}"
+    first = START - timedelta(hours=23, minutes=20)
+    times = [first + timedelta(seconds=28 * i) for i in range(3_000)]  # the last 28 s before START
+    for at in times:
+        redis_store.record([merchant], at, 100)
     keys = list(redis_store.client.scan_iter(match=redis_store.prefix + "*"))
-    assert keys
-    assert all(0 < redis_store.client.ttl(key) <= 2 * 86400 for key in keys)
-    for key in keys:
-        assert (
-            redis_store.client.zcount(key, "-inf", (START - timedelta(hours=49)).timestamp()) == 0
-        )
+    fields = sum(redis_store.client.hlen(key) for key in keys)
+    minutes = {_minute(at) for at in times}
+    assert fields == 2 * (len(minutes) + len({m // 60 for m in minutes})) < 3_000
+    spans = [timedelta(minutes=m) for m in (1, 7, 10, 59, 60, 61, 120, 330, 24 * 60)]
+    for now in (START, START - timedelta(minutes=17), START - timedelta(hours=3, seconds=-61)):
+        found = redis_store.window_map({merchant: spans}, now)
+        for span in spans:
+            hits = sum(1 for at in times if _minute(now - span) <= _minute(at) <= _minute(now))
+            assert found[(merchant, span)] == Window(hits, 100 * hits), (now, span)
+    day = timedelta(hours=24)
+    assert redis_store.window_map({merchant: [day]}, START) == {
+        (merchant, day): Window(3_000, 300_000)
+    }
+
+
+def test_a_redis_that_lost_its_scripts_is_given_the_script_again(
+    redis_store: RedisVelocity,
+) -> None:
+    """A restarted Redis (or ``SCRIPT FLUSH``) no longer knows the script by its hash: the read
+    loads it again and answers the same."""
+    holder = f"holder:{uuid.uuid4()}"
+    redis_store.record([holder], START - timedelta(minutes=3), 700)
+    spans = (timedelta(minutes=10),)
+    before = redis_store.windows([holder], START, spans)
+    redis_store.client.script_flush()
+    assert (
+        redis_store.windows([holder], START, spans)
+        == before
+        == {(holder, spans[0]): Window(1, 700)}
+    )
 
 
 def test_decisions_count_in_redis_when_it_is_configured(

@@ -436,7 +436,7 @@ class RiskService:
 
     def housekeeping(self) -> tuple[int, int]:
         """Expire unanswered holds and drop velocity buckets no window reaches any more (the
-        database store; Redis trims its own sets as it writes). Returns (expired, trimmed)."""
+        database store; Redis expires its own hashes). Returns (expired, trimmed)."""
         expired = self.expire_holds()
         trimmed = 0
         if isinstance(self.velocity, DatabaseVelocity):

@@ -5,16 +5,15 @@ with one interface: the database (the embedded default; per-minute buckets in ``
 written in the caller's transaction so a rolled-back movement is not counted — as the last
 writes before COMMIT, because a busy IP's or merchant's bucket is a row every payment updates:
 written mid-request, it would stay locked, and queue every other payment, until COMMIT) and Redis
-(production: one sorted set per key, scored by time, shared by every process; a write is not
-transactional with the database, so a refused movement may still count — it errs on the side of
-caution).
+(production: the same per-minute buckets and per-hour ones, in hashes shared by every process,
+summed in Redis; a write is not transactional with the database, so a refused movement may still
+count — it errs on the side of caution).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -236,43 +235,127 @@ def _windows_query(shape: tuple[int, ...]) -> Any:
     return selects[0] if len(shape) == 1 else union_all(*selects)
 
 
+# Sums one key's buckets over several windows, in Redis. KEYS: the key's minute hashes (one an
+# hour: fields "<minute>c" = count and "<minute>s" = sum, minutes since the epoch), then its hour
+# hashes (one a day: fields "<hour>c", "<hour>s"). ARGV: the minute of "now", the number of
+# windows, each window's first minute, the number of minute hashes, the hour of each. A window
+# is its first hour's minutes from its first minute, the last hour's minutes up to "now", and
+# the whole hours between from the hour totals. Returns count, sum for each window.
+_SUM_WINDOWS = """
+local now = tonumber(ARGV[1])
+local last = math.floor(now / 60)
+local windows = tonumber(ARGV[2])
+local firsts, totals = {}, {}
+for i = 1, windows do
+  firsts[i] = tonumber(ARGV[2 + i])
+  totals[2 * i - 1] = 0
+  totals[2 * i] = 0
+end
+local hashes = tonumber(ARGV[3 + windows])
+for k = 1, #KEYS do
+  local flat = redis.call('HGETALL', KEYS[k])
+  local hour = k <= hashes and tonumber(ARGV[3 + windows + k]) or nil
+  for j = 1, #flat, 2 do
+    local field = flat[j]
+    local at = tonumber(string.sub(field, 1, -2))
+    local slot = (string.sub(field, -1) == 'c') and 1 or 0
+    local value = tonumber(flat[j + 1])
+    for i = 1, windows do
+      local first = firsts[i]
+      local start = math.floor(first / 60)
+      local counted
+      if hour then
+        counted = (hour == start or hour == last) and at >= first and at <= now
+      else
+        counted = at > start and at < last
+      end
+      if counted then
+        totals[2 * i - slot] = totals[2 * i - slot] + value
+      end
+    end
+  end
+end
+return totals
+"""
+
+
+def _epoch_minute(at: datetime) -> int:
+    return int(at.timestamp()) // 60
+
+
 class RedisVelocity:
-    """One sorted set per key: member ``<uuid>:<amount>``, score = epoch seconds."""
+    """Buckets by the minute, as in the database, and by the hour: per key, one hash an hour of
+    its minutes (``<prefix>{<key>}:m:<hour>``, fields ``<minute>c`` count and ``<minute>s``
+    sum) and one hash a day of its hours (``<prefix>{<key>}:h:<day>``, fields ``<hour>c`` and
+    ``<hour>s``); the braces keep a key's hashes in one Redis Cluster slot, and each hash
+    expires ``RETENTION`` (and an hour) after its last write. A Lua script sums a window in
+    Redis from its first and last hours' minutes and the whole hours between: a busy IP's or
+    merchant's day is read from at most a few hundred fields whatever its number of payments,
+    and only the sums come back."""
 
     def __init__(self, client: Any, prefix: str = "wg:vel:") -> None:
         self.client = client
         self.prefix = prefix
+        self._sha: str | None = None
+
+    def _minutes(self, key: str, hour: int) -> str:
+        return f"{self.prefix}{{{key}}}:m:{hour}"
+
+    def _hours(self, key: str, day: int) -> str:
+        return f"{self.prefix}{{{key}}}:h:{day}"
 
     def record(self, keys: Iterable[str], at: datetime, amount_fen: int) -> None:
-        score = at.timestamp()
+        minute = _epoch_minute(at)
+        hour = minute // 60
+        lifetime = int((RETENTION + timedelta(hours=1)).total_seconds())
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            name = self.prefix + key
-            pipe.zadd(name, {f"{uuid.uuid4().hex}:{amount_fen}": score})
-            pipe.zremrangebyscore(name, "-inf", score - RETENTION.total_seconds())
-            pipe.expire(name, int(RETENTION.total_seconds()))
+        for key in set(keys):
+            for name, bucket in (
+                (self._minutes(key, hour), minute),
+                (self._hours(key, hour // 24), hour),
+            ):
+                pipe.hincrby(name, f"{bucket}c", 1)
+                pipe.hincrby(name, f"{bucket}s", amount_fen)
+                pipe.expire(name, lifetime)
         pipe.execute()
 
     def window_map(
         self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
     ) -> dict[tuple[str, timedelta], Window]:
-        end = now.timestamp()
-        asked = [(key, spans) for key, spans in wanted.items() if spans]
-        pipe = self.client.pipeline(transaction=False)
+        """One round trip: one call of the script a key, over the hashes its spans reach."""
+        import redis
+
+        asked = [(key, list(spans)) for key, spans in wanted.items() if spans]
+        if not asked:
+            return {}
+        last = _epoch_minute(now)
+        calls = []
         for key, spans in asked:
-            start = end - max(spans).total_seconds()
-            pipe.zrangebyscore(self.prefix + key, f"({start}", end, withscores=True)
-        results = pipe.execute() if asked else []
+            firsts = [_epoch_minute(now - span) for span in spans]
+            hours = sorted({first // 60 for first in firsts} | {last // 60})
+            between = range(min(firsts) // 60 + 1, last // 60)  # whole hours, from their totals
+            days = range(between.start // 24, (between.stop - 1) // 24 + 1) if between else range(0)
+            keys = [self._minutes(key, hour) for hour in hours]
+            keys += [self._hours(key, day) for day in days]
+            calls.append((keys, [last, len(firsts), *firsts, len(hours), *hours]))
+        try:
+            results = self._sum(calls)
+        except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
+            self._sha = None
+            results = self._sum(calls)
         out: dict[tuple[str, timedelta], Window] = {}
-        for (key, spans), members in zip(asked, results, strict=True):
-            parsed = [
-                (float(score), int(member.decode().rsplit(":", 1)[1])) for member, score in members
-            ]
-            for span in spans:
-                since = end - span.total_seconds()
-                hits = [amount for at, amount in parsed if at > since]
-                out[(key, span)] = Window(len(hits), sum(hits))
+        for (key, spans), totals in zip(asked, results, strict=True):
+            for index, span in enumerate(spans):
+                out[(key, span)] = Window(int(totals[2 * index]), int(totals[2 * index + 1]))
         return out
+
+    def _sum(self, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
+        if self._sha is None:
+            self._sha = str(self.client.script_load(_SUM_WINDOWS))
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        return list(pipe.execute())
 
     def windows(
         self, keys: Sequence[str], now: datetime, spans: Sequence[timedelta]
