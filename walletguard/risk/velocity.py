@@ -12,6 +12,7 @@ count — it errs on the side of caution).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -279,6 +280,10 @@ return totals
 """
 
 
+# Redis names a script by its SHA-1.
+_SUM_WINDOWS_SHA = hashlib.sha1(_SUM_WINDOWS.encode(), usedforsecurity=False).hexdigest()
+
+
 def _epoch_minute(at: datetime) -> int:
     return int(at.timestamp()) // 60
 
@@ -296,7 +301,6 @@ class RedisVelocity:
     def __init__(self, client: Any, prefix: str = "wg:vel:") -> None:
         self.client = client
         self.prefix = prefix
-        self._sha: str | None = None
 
     def _minutes(self, key: str, hour: int) -> str:
         return f"{self.prefix}{{{key}}}:m:{hour}"
@@ -340,8 +344,8 @@ class RedisVelocity:
             calls.append((keys, [last, len(firsts), *firsts, len(hours), *hours]))
         try:
             results = self._sum(calls)
-        except redis.exceptions.NoScriptError:  # Redis restarted or its scripts were flushed
-            self._sha = None
+        except redis.exceptions.NoScriptError:  # new to this Redis, or it restarted or flushed
+            self.client.script_load(_SUM_WINDOWS)
             results = self._sum(calls)
         out: dict[tuple[str, timedelta], Window] = {}
         for (key, spans), totals in zip(asked, results, strict=True):
@@ -350,11 +354,11 @@ class RedisVelocity:
         return out
 
     def _sum(self, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
-        if self._sha is None:
-            self._sha = str(self.client.script_load(_SUM_WINDOWS))
+        """The script called by its hash (known here: a store is made for each request, and
+        asking Redis would be one more round trip each time)."""
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            pipe.evalsha(_SUM_WINDOWS_SHA, len(keys), *keys, *args)
         return list(pipe.execute())
 
     def windows(
