@@ -145,7 +145,7 @@ def test_a_redis_that_lost_its_scripts_is_given_the_script_again(
     redis_store: RedisVelocity,
 ) -> None:
     """A restarted Redis (or ``SCRIPT FLUSH``) no longer knows the script by its hash: the read
-    loads it again and answers the same."""
+    sends it whole (which Redis keeps for the next one) and answers the same."""
     holder = f"holder:{uuid.uuid4()}"
     redis_store.record([holder], START - timedelta(minutes=3), 700)
     spans = (timedelta(minutes=10),)

@@ -345,20 +345,25 @@ class RedisVelocity:
         try:
             results = self._sum(calls)
         except redis.exceptions.NoScriptError:  # new to this Redis, or it restarted or flushed
-            self.client.script_load(_SUM_WINDOWS)
-            results = self._sum(calls)
+            results = self._sum(calls, send_script=True)
         out: dict[tuple[str, timedelta], Window] = {}
         for (key, spans), totals in zip(asked, results, strict=True):
             for index, span in enumerate(spans):
                 out[(key, span)] = Window(int(totals[2 * index]), int(totals[2 * index + 1]))
         return out
 
-    def _sum(self, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
+    def _sum(
+        self, calls: list[tuple[list[str], list[int]]], *, send_script: bool = False
+    ) -> list[Any]:
         """The script called by its hash (known here: a store is made for each request, and
-        asking Redis would be one more round trip each time)."""
+        loading it each time would be one more round trip), or sent whole when Redis did not
+        know it (EVAL keeps it for the next call; no flush can come between)."""
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(_SUM_WINDOWS_SHA, len(keys), *keys, *args)
+            if send_script:
+                pipe.eval(_SUM_WINDOWS, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(_SUM_WINDOWS_SHA, len(keys), *keys, *args)
         return list(pipe.execute())
 
     def windows(
