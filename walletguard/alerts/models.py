@@ -14,6 +14,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -64,7 +65,16 @@ class AlertDelivery(Base):
     """
 
     __tablename__ = "alert_outbox"
-    __table_args__ = (Index("ix_alert_outbox_status_due_at", "status", "due_at"),)
+    # The rows a worker may claim, by when they are due: pending ones only (an in-app row, which
+    # every alert writes already delivered, and every delivered row stay out; migration 0013).
+    __table_args__ = (
+        Index(
+            "ix_alert_outbox_pending_due_at",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

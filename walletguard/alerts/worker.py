@@ -32,8 +32,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, Table, or_, select, update
 from sqlalchemy.orm import Session
 
 # Every table, so the outbox's foreign keys resolve in a process that imports nothing else.
@@ -61,7 +62,7 @@ from walletguard.alerts.service import (
 from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import SystemClock
-from walletguard.kit.db import is_postgres, unit_of_work
+from walletguard.kit.db import is_postgres, one_of, unit_of_work
 from walletguard.kit.i18n import Language
 
 log = logging.getLogger("walletguard.alerts")
@@ -90,7 +91,8 @@ def backoff(container: Container, attempts: int) -> timedelta:
 
 def _due(now: datetime) -> list[ColumnElement[bool]]:
     return [
-        AlertDelivery.status == PENDING,
+        # 'pending' written into the SQL: the rows of the partial index of pending deliveries.
+        one_of(cast(Table, AlertDelivery.__table__).c.status, [PENDING]),
         AlertDelivery.channel != IN_APP,
         AlertDelivery.due_at <= now,
         or_(AlertDelivery.locked_until.is_(None), AlertDelivery.locked_until <= now),

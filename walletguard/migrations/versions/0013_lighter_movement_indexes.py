@@ -22,9 +22,13 @@ per row. Some of those indexes served no read, and some held mostly NULLs no rea
   queue reads pending, confirmed or released ones. Partial the same way.
 - ``audit_log (event)``: no read looks entries up by event alone (the risk engine's events have
   migration 0012's partial index, the incident desk reads by holder). Dropped.
+- ``alert_outbox (status, due_at)``: the workers claim pending rows by when they are due; every
+  alert also writes an in-app row, already delivered, and delivered rows are never claimed.
+  Replaced by ``(due_at) WHERE status = 'pending'`` (the workers' query names 'pending' in its
+  SQL), which holds only the rows still to deliver.
 
-A balance payment writes 8 index entries fewer (5 of its movement, 1 of its decision, 1 of each
-audit entry).
+A balance payment writes 9 index entries fewer (5 of its movement, 1 of its decision, 1 of each
+audit entry, 1 of its in-app delivery).
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ DROPPED = (
     ("ledger_transactions", "ix_ledger_transactions_status", ["status"]),
     ("ledger_transactions", "ix_ledger_transactions_created_at", ["created_at"]),
     ("audit_log", "ix_audit_log_event", ["event"]),
+    ("alert_outbox", "ix_alert_outbox_status_due_at", ["status", "due_at"]),
 )
+PENDING = sa.text("status = 'pending'")
 
 
 def _set(column: str) -> sa.TextClause:
@@ -75,9 +81,18 @@ def upgrade() -> None:
         )
     for table, name, _columns in DROPPED:
         op.drop_index(name, table_name=table)
+    op.create_index(
+        "ix_alert_outbox_pending_due_at",
+        "alert_outbox",
+        ["due_at"],
+        unique=False,
+        postgresql_where=PENDING,
+        sqlite_where=PENDING,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_alert_outbox_pending_due_at", table_name="alert_outbox")
     for table, name, columns in DROPPED:
         op.create_index(name, table, columns, unique=False)
     for table, name, columns in PARTIAL:
