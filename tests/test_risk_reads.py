@@ -10,12 +10,14 @@ import json
 import random
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import column, select, text
+from sqlalchemy.orm import Session
 
 from tests.conftest import START, Holder, register
 from tests.wallet_support import PIN, funded_holder, money_post
@@ -30,6 +32,7 @@ from walletguard.risk.service import RiskService
 from walletguard.risk.signals import HISTORY_DAYS, RiskEvent, cards_and_payees_after
 
 INDEX = "ix_audit_log_risk_events"
+T = TypeVar("T")
 
 
 def _index_sql(container: Container) -> str:
@@ -131,6 +134,22 @@ def _newest_let_in(history: list[repository.Past], now: datetime) -> repository.
     )
 
 
+def _stored_then_read(
+    container: Container,
+    rows: list[RiskDecision],
+    holder_id: uuid.UUID,
+    since: datetime,
+    short_read: Callable[[Session, uuid.UUID, datetime], T],
+) -> tuple[list[repository.Past], T]:
+    """Store ``rows``, then read the holder's history and ``short_read`` (given the session,
+    the holder and ``since``) in one session: what a short read finds is compared with what the
+    history gives."""
+    with unit_of_work(container.sessions) as db:
+        db.add_all(rows)
+    with container.sessions() as db:
+        return repository.history(db, holder_id, since), short_read(db, holder_id, since)
+
+
 def test_the_last_place_the_holder_was_let_in_is_the_history_s(
     client: TestClient, container: Container, clock: ManualClock
 ) -> None:
@@ -151,11 +170,13 @@ def test_the_last_place_the_holder_was_let_in_is_the_history_s(
             )
             for minute in minutes
         ]
-        with unit_of_work(container.sessions) as db:
-            db.add_all(rows)
-        with container.sessions() as db:
-            history = repository.history(db, holder_id, since)
-            found = repository.last_allowed_place(db, holder_id, since, now)
+        history, found = _stored_then_read(
+            container,
+            rows,
+            holder_id,
+            since,
+            lambda db, holder, since: repository.last_allowed_place(db, holder, since, now),
+        )
         assert found == _newest_let_in(history, now), round_
 
 
@@ -224,11 +245,13 @@ def test_the_last_half_hour_s_cards_and_payees_are_the_history_s(
                     "beyond",
                 )
             rows.append(row)
-        with unit_of_work(container.sessions) as db:
-            db.add_all(rows)
-        with container.sessions() as db:
-            history = repository.history(db, holder_id, since)
-            found = repository.recent_cards_and_payees(db, holder_id, since, after)
+        history, found = _stored_then_read(
+            container,
+            rows,
+            holder_id,
+            since,
+            lambda db, holder, since: repository.recent_cards_and_payees(db, holder, since, after),
+        )
         assert found == cards_and_payees_after(history, after), round_
         if many:
             assert beyond not in found[0]
