@@ -1,5 +1,6 @@
 """The bare baseline: one endpoint that does one INSERT, on the same stack as walletguard
-(FastAPI, pydantic, SQLAlchemy 2 sync session, psycopg 3, uvicorn), committed per request.
+(FastAPI, pydantic, SQLAlchemy 2 sync session, psycopg 3, uvicorn; the start-up heap frozen, as
+walletguard's server processes freeze theirs: ``walletguard.kit.heap``), committed per request.
 
     WALLETGUARD_DATABASE_URL=postgresql+psycopg://… uvicorn bench.bare_app:app --workers 2
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -24,6 +26,7 @@ from sqlalchemy import DateTime, String, bindparam, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from walletguard.kit.db import core
+from walletguard.kit.heap import freeze_long_lived
 
 
 class Base(DeclarativeBase):
@@ -40,7 +43,16 @@ class BareRow(Base):
 
 engine = create_engine(os.environ["WALLETGUARD_DATABASE_URL"], pool_size=10, max_overflow=10)
 Sessions = sessionmaker(engine, expire_on_commit=False)
-app = FastAPI()
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # As walletguard's server processes do (``walletguard.app.server_app``): the same stack.
+    freeze_long_lived()
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 def session() -> Iterator[Session]:

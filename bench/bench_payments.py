@@ -63,6 +63,14 @@ and after the runs and printed too, but on a shared virtual machine they still m
 20 % between runs of the same code; to compare two versions of the payment path,
 ``bench/payment_statements.py --cpu 300`` (in process, one payment at a time, run alternately
 on both) is the steadier figure.
+
+Each server runs as walletguard's run (``walletguard.app:server_app``: its start-up heap frozen,
+``walletguard.kit.heap``; the bare app freezes its own the same way) with ``bench/gc_watch`` on
+its ``PYTHONPATH``, whose ``sitecustomize`` logs every full garbage collection of its processes:
+the collections that fell in each server's runs are printed, with those of the payments' open
+loop and when they ended, since the process answers nothing while one runs. Each open loop also
+prints its requests over 50 ms and when they were due: a stall shows as one burst, and a burst
+without a collection in it has another cause.
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +104,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parent.parent
+GC_WATCH = REPO / "bench" / "gc_watch"  # its sitecustomize logs a process's full collections
 # This checkout's walletguard, not whichever one is installed: the servers (started in REPO)
 # run it, so the migrations and the checks here must be the same (a worktree, a clean clone).
 sys.path.insert(0, str(REPO))
@@ -222,10 +231,19 @@ def cpu_seconds_of(fields: list[str]) -> float:
 
 @contextmanager
 def server(
-    children: Children, app: list[str], env: dict[str, str], workers: int
+    children: Children,
+    app: list[str],
+    env: dict[str, str],
+    workers: int,
+    gc_log: Path | None = None,
 ) -> Iterator[Server]:
-    """uvicorn on 127.0.0.1 with ``workers`` processes, once it answers."""
+    """uvicorn on 127.0.0.1 with ``workers`` processes, once it answers; with ``gc_log``, every
+    full garbage collection of its processes is written into that folder (``bench/gc_watch``)."""
     port = _free_port()
+    if gc_log is not None:
+        gc_log.mkdir(parents=True, exist_ok=True)
+        path = os.pathsep.join(filter(None, [str(GC_WATCH), env.get("PYTHONPATH")]))
+        env = {**env, "PYTHONPATH": path, "WALLETGUARD_BENCH_GC_LOG": str(gc_log)}
     process = children.start(
         [
             sys.executable,
@@ -552,6 +570,9 @@ class LoadResult:
     # anything else running included), per request.
     database_cpu_ms: float | None = None
     machine_cpu_ms: float | None = None
+    # The requests over 50 ms: [when due, s after the load generator's start; latency, ms].
+    slow: list[list[float]] = field(default_factory=list)
+    slow_count: int = 0
 
 
 def run_load(
@@ -870,11 +891,12 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                 balance_fen=CARD_BALANCE_FEN,
             )
 
-    app = ["walletguard.app:create_app", "--factory"]
+    app = ["walletguard.app:server_app", "--factory"]
     bare_env = bare_app_env(database_url)
+    pay_gc, bare_gc = workdir / "gc-payments", workdir / "gc-bare"
     with (
-        server(children, app, env, args.workers) as target,
-        server(children, ["bench.bare_app:app"], bare_env, args.workers) as bare_target,
+        server(children, app, env, args.workers, pay_gc) as target,
+        server(children, ["bench.bare_app:app"], bare_env, args.workers, bare_gc) as bare_target,
     ):
         _progress(f"preparing {args.holders} holders through the API")
         started = time.perf_counter()
@@ -896,28 +918,43 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         def bare_lines(count: int) -> list[str]:
             return bare_requests(count, args.merchants)
 
+        # (start, end) of every measured run, each endpoint's: the garbage collections of its
+        # server that fell inside them are reported.
+        measured: dict[Server, list[tuple[float, float]]] = {target: [], bare_target: []}
+        pay_open_window: list[tuple[float, float]] = []
+
         def closed(on: Server, lines: Callable[[int], list[str]]) -> tuple[LoadResult, LoadResult]:
-            return closed_loop(
-                children,
-                on,
-                lines,
-                workdir,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-                warmup=args.warmup,
-                database=str(make_url(database_url).database),
-            )
+            started = time.time()
+            try:
+                return closed_loop(
+                    children,
+                    on,
+                    lines,
+                    workdir,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                    warmup=args.warmup,
+                    database=str(make_url(database_url).database),
+                )
+            finally:
+                measured[on].append((started, time.time()))
 
         def opened(on: Server, lines: Callable[[int], list[str]], rate: float) -> LoadResult:
-            return open_loop(
-                children,
-                on,
-                lines,
-                workdir,
-                rate=rate,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
-            )
+            started = time.time()
+            try:
+                return open_loop(
+                    children,
+                    on,
+                    lines,
+                    workdir,
+                    rate=rate,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                )
+            finally:
+                measured[on].append((started, time.time()))
+                if on == target:
+                    pay_open_window.append(measured[on][-1])
 
         # Both servers are up (the one not measured idles): their closed loops alternate, so
         # that each round's ratio is of two runs made minutes apart at most, and the figure is
@@ -987,12 +1024,14 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     load = "fixed by --open-rate" if args.open_rate else "half the payment throughput"
     print(f"open loop at {half:.1f} req/s ({load}):")
     print(_line("payments POST /payments", pay_open))
+    print(f"    {_slow_line(pay_open)}")
     print(_line("bare one-INSERT endpoint", bare_open))
+    print(f"    {_slow_line(bare_open)}")
     print()
     ratios = ", ".join(f"{pay.rps / bare.rps:.1%}" for pay, bare in rounds)
-    target = f"without {', '.join(off)}: no target" if off else "target >= 50 %"
+    goal = f"without {', '.join(off)}: no target" if off else "target >= 50 %"
     print(
-        f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} ({target};"
+        f"ratio payments / bare          : {pay_closed.rps / bare_closed.rps:6.1%} ({goal};"
         f" the median of {len(rounds)} rounds: {ratios})"
     )
     at = "the fixed rate" if args.open_rate else "half load"
@@ -1024,6 +1063,18 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"{floor_closed.rps / bare_closed.rps:6.1%} of bare: the most a payment of "
         f"{statements} statements could reach here"
     )
+    print("full garbage collections in the servers' processes during their runs (warm-ups in):")
+    for name, folder, windows in (
+        ("payments", pay_gc, measured[target]),
+        ("bare endpoint", bare_gc, measured[bare_target]),
+    ):
+        print(f"  {name:<14}: {_pauses(collections_in(folder, windows))}")
+    in_open = collections_in(pay_gc, pay_open_window)
+    print(f"  payments' open loop alone: {_pauses(in_open)}")
+    if in_open:
+        opened_at = pay_open_window[0][0]
+        ends = ", ".join(f"+{at - opened_at:.1f} s ({ms:.0f} ms)" for at, ms in sorted(in_open))
+        print(f"    ended at {ends} of the run (its start: the load generator's, within ~0.3 s)")
     print(f"payments posted in the ledger  : {posted} ({answered} answered 2xx, warm-up included)")
     verdict = "reconciles" if ledger.returncode == 0 else "DOES NOT reconcile"
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")
@@ -1031,6 +1082,42 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         print(ledger.stderr.strip(), file=sys.stderr)
     if ledger.returncode != 0 or posted != answered:
         raise SystemExit(1)
+
+
+def collections_in(folder: Path, windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(when it ended, unix time; how long it took, ms) of each full garbage collection logged
+    in ``folder`` (``bench/gc_watch``) that ended inside one of ``windows``, in any of the
+    server's processes."""
+    found: list[tuple[float, float]] = []
+    for log in folder.glob("*.log"):
+        for line in log.read_text().splitlines():
+            at, ms = (float(part) for part in line.split())
+            if any(start <= at <= end for start, end in windows):
+                found.append((at, ms))
+    return found
+
+
+def _slow_line(result: LoadResult) -> str:
+    """The requests of a run over 50 ms, and when they were due: one burst is a stall."""
+    if not result.slow_count:
+        return "none over 50 ms"
+    due = [at for at, _ms in result.slow]
+    seconds = len({int(at) for at in due})
+    return (
+        f"{result.slow_count} over 50 ms (the worst {max(ms for _at, ms in result.slow):.0f} ms), "
+        f"due between +{min(due):.1f} and +{max(due):.1f} s of the run, in {seconds} distinct "
+        "second(s)"
+    )
+
+
+def _pauses(found: list[tuple[float, float]]) -> str:
+    if not found:
+        return "none"
+    took = [ms for _at, ms in found]
+    return (
+        f"{len(took)}, {sum(took):.0f} ms in all, the longest {max(took):.1f} ms (the process "
+        "answers nothing meanwhile)"
+    )
 
 
 def _server_version(engine: Engine) -> str:

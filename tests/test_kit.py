@@ -1,8 +1,9 @@
-"""Kit: the catalogue, field encryption, the clock, the problem format."""
+"""Kit: the catalogue, field encryption, the clock, the problem format, the server's heap."""
 
 from __future__ import annotations
 
 import base64
+import gc
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import assert_problem
+from walletguard.app import create_app, server_app
+from walletguard.bootstrap import Container
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.crypto import DecryptionError, FieldCipher, KeyConfigurationError
 from walletguard.kit.i18n import LANGUAGES, catalogue, negotiate, text
+from walletguard.kit.settings import Settings
 
 
 def _cipher(active: str = "a", keys: tuple[str, ...] = ("a",)) -> FieldCipher:
@@ -146,6 +150,46 @@ def test_openapi_is_3_1(client: TestClient) -> None:
 def test_health(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def _walked(thing: object) -> bool:
+    """Whether the garbage collector's walks reach ``thing`` (frozen objects are left out)."""
+    return any(tracked is thing for tracked in gc.get_objects())
+
+
+def test_a_server_process_freezes_what_it_started_with(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``server_app``, what ``walletguard serve`` runs in each process, from the settings in the
+    environment: once started, every object alive by then is out of the collector's walks, so a
+    full collection no longer walks the app; what is made afterwards is walked as usual."""
+    for name in ("data_dir", "database_url", "field_active_key", "argon2_memory_kib"):
+        monkeypatch.setenv(f"WALLETGUARD_{name.upper()}", str(getattr(settings, name)))
+    for name in ("field_keys", "index_key"):
+        secret = getattr(settings, name).get_secret_value()
+        monkeypatch.setenv(f"WALLETGUARD_{name.upper()}", secret)
+    gc.unfreeze()
+    app = server_app()
+    try:
+        assert _walked(app.router)
+        with TestClient(app) as client:
+            assert gc.get_freeze_count() > 0
+            assert not _walked(app.router)
+            assert client.get("/healthz").json() == {"status": "ok"}
+            made_since: list[object] = []
+            assert _walked(made_since)
+    finally:
+        gc.unfreeze()
+        app.state.container.close()
+
+
+def test_an_app_made_among_others_freezes_nothing(container: Container) -> None:
+    """``create_app`` as the tests and the simulator use it, many apps in one process: freezing
+    there would keep every earlier app's cycles for good."""
+    gc.unfreeze()
+    with TestClient(create_app(container)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() == 0
 
 
 def test_profiles_are_sets_of_switches() -> None:

@@ -18,6 +18,7 @@ from walletguard.incidents.endpoints import operator_router
 from walletguard.incidents.endpoints import router as incidents_router
 from walletguard.kit.errors import PayloadTooLarge, install_problem_handlers, problem_response
 from walletguard.kit.errors import request_language as _lang
+from walletguard.kit.heap import freeze_long_lived
 from walletguard.messages.endpoints import router as messages_router
 from walletguard.messages.endpoints import sandbox_router
 from walletguard.risk.endpoints import operator_router as risk_operator_router
@@ -59,7 +60,10 @@ def periodic_jobs(container: Container) -> list[PeriodicJob]:
     ]
 
 
-def create_app(container: Container | None = None) -> FastAPI:
+def create_app(container: Container | None = None, *, freeze_heap: bool = False) -> FastAPI:
+    """The API on ``container`` (built from the settings when not given). ``freeze_heap``:
+    once started, the process's objects alive by then are kept out of the garbage collector's
+    walks (``kit.heap``), which a server process wants and a process making many apps does not."""
     container = container or build_container()
 
     @asynccontextmanager
@@ -67,6 +71,8 @@ def create_app(container: Container | None = None) -> FastAPI:
         # The embedded default delivers alerts on a thread of the server process (see
         # walletguard.alerts.worker.delivers_in_process); production runs `walletguard worker`.
         with in_process_delivery(container, periodic_jobs(container)):
+            if freeze_heap:
+                freeze_long_lived()
             yield
 
     app = FastAPI(
@@ -107,3 +113,10 @@ def create_app(container: Container | None = None) -> FastAPI:
         return {"status": "ready"}
 
     return app
+
+
+def server_app() -> FastAPI:
+    """What each server process runs (``walletguard serve``; ``uvicorn
+    walletguard.app:server_app --factory``): the API from the settings, its start-up heap frozen
+    (``kit.heap``), so that a full garbage collection does not stall every request in flight."""
+    return create_app(freeze_heap=True)

@@ -88,7 +88,7 @@ def serve(
     _ensure_schema(container)
     container.close()
     uvicorn.run(
-        "walletguard.app:create_app",
+        "walletguard.app:server_app",
         factory=True,
         host=host,
         port=port,
