@@ -1,12 +1,12 @@
 """A server process's long-lived objects, kept out of the cyclic garbage collector's walks.
 
 A worker of ``walletguard serve`` holds some 400,000 objects the collector tracks before it
-answers a request: the modules imported, the container, the compiled rules, the phone-number
-metadata. CPython's full (generation 2) collection walks every one of them. On the benchmark
-machine that took 200-340 ms, during which the process answers nothing: every request it was
-working on, payments holding their row locks included, waits that long. A server meets one
-every so often under load (when enough new objects have outlived two younger collections), and
-each is a stall in the latency tail.
+answers a request: the modules imported, the container, the compiled rules. CPython's full
+(generation 2) collection walks every one of them: on the benchmark machine 200 ms in process,
+up to half a second in a server under load, during which the process answers nothing; every
+request it was working on, payments holding their row locks included, waits that long. A server
+meets one every so often under load (when enough new objects have outlived two younger
+collections), and each is a stall in the latency tail.
 
 ``freeze_long_lived`` collects once and then moves everything alive into the collector's
 permanent generation (``gc.freeze``), which no later collection walks: a full collection then
