@@ -69,8 +69,9 @@ Each server runs as walletguard's run (``walletguard.app:server_app``: its start
 its ``PYTHONPATH``, whose ``sitecustomize`` logs every full garbage collection of its processes:
 the collections that fell in each server's runs are printed, with those of the payments' open
 loop and when they ended, since the process answers nothing while one runs. Each open loop also
-prints its requests over 50 ms and when they were due: a stall shows as one burst, and a burst
-without a collection in it has another cause.
+prints its requests over 50 ms and when they were due (a stall shows as one burst, and a burst
+without a collection in it has another cause), and the shares of the machine's CPU time spent
+waiting on the disk and taken by the hypervisor for other guests during it.
 """
 
 from __future__ import annotations
@@ -573,6 +574,10 @@ class LoadResult:
     # The requests over 50 ms: [when due, s after the load generator's start; latency, ms].
     slow: list[list[float]] = field(default_factory=list)
     slow_count: int = 0
+    # Open loop only: shares of the machine's CPU time waiting on the disk, and taken by the
+    # hypervisor for other guests (a shared virtual machine), during the run.
+    iowait_share: float | None = None
+    steal_share: float | None = None
 
 
 def run_load(
@@ -720,7 +725,14 @@ def open_loop(
     # once the burst before it has been written out.
     time.sleep(SETTLE_S)
     lines = make_lines(max(50, int(rate * seconds)))
-    return run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
+    before = _cpu_times()
+    result = run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
+    after = _cpu_times()
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(1, sum(spent))
+    # /proc/stat's columns: user nice system idle iowait irq softirq steal ...
+    result.iowait_share, result.steal_share = spent[4] / total, spent[7] / total
+    return result
 
 
 def without(names: str) -> list[str]:
@@ -1099,14 +1111,20 @@ def collections_in(folder: Path, windows: list[tuple[float, float]]) -> list[tup
 
 def _slow_line(result: LoadResult) -> str:
     """The requests of a run over 50 ms, and when they were due: one burst is a stall."""
+    machine = (
+        f"; the machine meanwhile: waiting on the disk {result.iowait_share:.1%}, taken by the "
+        f"hypervisor {result.steal_share:.1%} of its CPU time"
+        if result.iowait_share is not None and result.steal_share is not None
+        else ""
+    )
     if not result.slow_count:
-        return "none over 50 ms"
+        return "none over 50 ms" + machine
     due = [at for at, _ms in result.slow]
     seconds = len({int(at) for at in due})
     return (
         f"{result.slow_count} over 50 ms (the worst {max(ms for _at, ms in result.slow):.0f} ms), "
         f"due between +{min(due):.1f} and +{max(due):.1f} s of the run, in {seconds} distinct "
-        "second(s)"
+        f"second(s){machine}"
     )
 
 
