@@ -64,14 +64,15 @@ and after the runs and printed too, but on a shared virtual machine they still m
 ``bench/payment_statements.py --cpu 300`` (in process, one payment at a time, run alternately
 on both) is the steadier figure.
 
-Each server runs as walletguard's run (``walletguard.app:server_app``: its start-up heap frozen,
-``walletguard.kit.heap``; the bare app freezes its own the same way) with ``bench/gc_watch`` on
-its ``PYTHONPATH``, whose ``sitecustomize`` logs every full garbage collection of its processes:
-the collections that fell in each server's runs are printed, with those of the payments' open
-loop and when they ended, since the process answers nothing while one runs. Each open loop also
-prints its requests over 50 ms and when they were due (a stall shows as one burst, and a burst
-without a collection in it has another cause), and the shares of the machine's CPU time spent
-waiting on the disk and taken by the hypervisor for other guests during it.
+Each server runs as ``walletguard serve`` runs it (``walletguard.app:server_app``: its start-up
+heap frozen, ``walletguard.kit.heap``; the bare app freezes its own the same way), with
+``bench/gc_watch`` on its ``PYTHONPATH``, whose ``sitecustomize`` logs every full garbage
+collection of its processes: the collections that fell in each server's runs are printed, with
+those of the payments' open loop and when they ended, since the process answers nothing while
+one runs. Each open loop also prints its requests over 50 ms and when they were due (a stall
+shows as one burst, and a burst without a collection in it has another cause), and the shares
+of the machine's CPU time spent waiting on the disk and taken by the hypervisor for other guests
+during it.
 """
 
 from __future__ import annotations
@@ -578,6 +579,7 @@ class LoadResult:
     # hypervisor for other guests (a shared virtual machine), during the run.
     iowait_share: float | None = None
     steal_share: float | None = None
+    started_at: float | None = None  # open loop only: unix time the load generator was started
 
 
 def run_load(
@@ -725,9 +727,10 @@ def open_loop(
     # once the burst before it has been written out.
     time.sleep(SETTLE_S)
     lines = make_lines(max(50, int(rate * seconds)))
-    before = _cpu_times()
+    started_at, before = time.time(), _cpu_times()
     result = run_load(children, target.port, lines, workdir, concurrency=concurrency, rate=rate)
     after = _cpu_times()
+    result.started_at = started_at
     spent = [b - a for a, b in zip(before, after, strict=True)]
     total = max(1, sum(spent))
     # /proc/stat's columns: user nice system idle iowait irq softirq steal ...
@@ -952,21 +955,21 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                 measured[on].append((started, time.time()))
 
         def opened(on: Server, lines: Callable[[int], list[str]], rate: float) -> LoadResult:
-            started = time.time()
-            try:
-                return open_loop(
-                    children,
-                    on,
-                    lines,
-                    workdir,
-                    rate=rate,
-                    seconds=args.seconds,
-                    concurrency=args.concurrency,
-                )
-            finally:
-                measured[on].append((started, time.time()))
-                if on == target:
-                    pay_open_window.append(measured[on][-1])
+            result = open_loop(
+                children,
+                on,
+                lines,
+                workdir,
+                rate=rate,
+                seconds=args.seconds,
+                concurrency=args.concurrency,
+            )
+            # From when the load began (after open_loop's settling pause).
+            window = (result.started_at or 0.0, time.time())
+            measured[on].append(window)
+            if on == target:
+                pay_open_window.append(window)
+            return result
 
         # Both servers are up (the one not measured idles): their closed loops alternate, so
         # that each round's ratio is of two runs made minutes apart at most, and the figure is
