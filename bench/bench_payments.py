@@ -72,7 +72,10 @@ those of the payments' open loop and when they ended, since the process answers 
 one runs. Each open loop also prints its requests over 50 ms and when they were due (a stall
 shows as one burst, and a burst without a collection in it has another cause), and the shares
 of the machine's CPU time spent waiting on the disk and taken by the hypervisor for other guests
-during it.
+during it. During the payments' open loop ``pg_stat_activity`` is sampled every 20 ms, and what
+their connections in a transaction were doing while the requests over 50 ms were in flight is
+printed beside the rest of the run: the server's Python (``client``), PostgreSQL at work, or
+the wait it names (a row lock, the WAL's fsync, ...).
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -641,19 +644,29 @@ def closed_loop(
 
 
 _ACTIVITY = text(
-    "SELECT state, wait_event_type, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)"
+    "SELECT state, wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 60)"
     " FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
     " AND state IN ('active', 'idle in transaction')"
 )
 
 
 @contextmanager
-def connection_states(database_url: str, every_s: float = 0.05) -> Iterator[Counter[str]]:
+def connection_states(
+    database_url: str,
+    every_s: float = 0.05,
+    *,
+    timeline: list[tuple[float, str]] | None = None,
+) -> Iterator[Counter[str]]:
     """What the server's connections to the database are doing, sampled from
     ``pg_stat_activity`` every ``every_s`` while the block runs: each sample of a connection in
     a transaction counted as ``lock: <statement>`` (waiting for a row or transaction lock another
     holds), ``running`` (PostgreSQL at work) or ``client`` (idle in transaction: the server's
-    Python has the turn). Where payments queue on rows every writer touches shows as locks."""
+    Python has the turn). Where payments queue on rows every writer touches shows as locks.
+
+    With ``timeline``, each sample is also appended to it as (unix time, what the connection
+    was doing): ``client``, ``running``, or the wait PostgreSQL names (``Lock:transactionid``,
+    ``IO:WALSync``, ``LWLock:WALWrite``, ...), so that a stall can be matched with what the
+    connections waited on while it lasted (``_waits_line``)."""
     url = make_url(database_url)
     found: Counter[str] = Counter()
     stop = threading.Event()
@@ -662,11 +675,18 @@ def connection_states(database_url: str, every_s: float = 0.05) -> Iterator[Coun
     def sample() -> None:
         with engine.connect() as conn:
             while not stop.wait(every_s):
-                for state, wait, statement in conn.execute(_ACTIVITY, {"db": url.database}):
-                    if wait == "Lock":
+                at = time.time()
+                rows = conn.execute(_ACTIVITY, {"db": url.database})
+                for state, wait_type, wait, statement in rows:
+                    if wait_type == "Lock":
                         found[f"lock: {statement}"] += 1
                     else:
                         found["running" if state == "active" else "client"] += 1
+                    if timeline is not None:
+                        doing = "running" if state == "active" else "client"
+                        # An idle-in-transaction connection waits for its client (ClientRead).
+                        waiting = wait_type is not None and state == "active"
+                        timeline.append((at, f"{wait_type}:{wait}" if waiting else doing))
                 conn.rollback()
 
     thread = threading.Thread(target=sample, name="pg_stat_activity", daemon=True)
@@ -937,6 +957,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         # server that fell inside them are reported.
         measured: dict[Server, list[tuple[float, float]]] = {target: [], bare_target: []}
         pay_open_window: list[tuple[float, float]] = []
+        pay_open_waits: list[tuple[float, str]] = []
 
         def closed(on: Server, lines: Callable[[int], list[str]]) -> tuple[LoadResult, LoadResult]:
             started = time.time()
@@ -955,15 +976,22 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                 measured[on].append((started, time.time()))
 
         def opened(on: Server, lines: Callable[[int], list[str]], rate: float) -> LoadResult:
-            result = open_loop(
-                children,
-                on,
-                lines,
-                workdir,
-                rate=rate,
-                seconds=args.seconds,
-                concurrency=args.concurrency,
+            # The payments' connections sampled every 20 ms: what they waited on during a stall.
+            sampled = (
+                connection_states(database_url, 0.02, timeline=pay_open_waits)
+                if on == target
+                else nullcontext()
             )
+            with sampled:
+                result = open_loop(
+                    children,
+                    on,
+                    lines,
+                    workdir,
+                    rate=rate,
+                    seconds=args.seconds,
+                    concurrency=args.concurrency,
+                )
             # From when the load began (after open_loop's settling pause).
             window = (result.started_at or 0.0, time.time())
             measured[on].append(window)
@@ -1040,6 +1068,8 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     print(f"open loop at {half:.1f} req/s ({load}):")
     print(_line("payments POST /payments", pay_open))
     print(f"    {_slow_line(pay_open)}")
+    for line in _waits_lines(pay_open, pay_open_waits):
+        print(f"    {line}")
     print(_line("bare one-INSERT endpoint", bare_open))
     print(f"    {_slow_line(bare_open)}")
     print()
@@ -1129,6 +1159,38 @@ def _slow_line(result: LoadResult) -> str:
         f"due between +{min(due):.1f} and +{max(due):.1f} s of the run, in {seconds} distinct "
         f"second(s){machine}"
     )
+
+
+def _waits_lines(result: LoadResult, timeline: list[tuple[float, str]], top: int = 4) -> list[str]:
+    """What the payments' connections in a transaction were doing while the run's requests over
+    50 ms were in flight (each from when it was due to when it was answered), beside the rest of
+    the run: a stall on the WAL's fsync shows as ``IO:WALSync`` and ``LWLock:WALWrite``, one on
+    a row as ``Lock:...``, one in the server's Python as ``client``."""
+    if result.started_at is None or not result.slow:
+        return []
+    opened = result.started_at
+    slow = [(opened + at, opened + at + ms / 1000) for at, ms in result.slow]
+    ended = opened + result.seconds
+    inside: Counter[str] = Counter()
+    rest: Counter[str] = Counter()
+    for at, doing in timeline:
+        if any(start <= at <= end for start, end in slow):
+            inside[doing] += 1
+        elif opened <= at <= ended:
+            rest[doing] += 1
+
+    def shares(found: Counter[str]) -> str:
+        total = sum(found.values())
+        if not total:
+            return "no samples"
+        return f"{total} samples: " + ", ".join(
+            f"{doing} {n / total:.0%}" for doing, n in found.most_common(top)
+        )
+
+    return [
+        f"the payments' connections in a transaction while those were in flight: {shares(inside)}",
+        f"the rest of the run: {shares(rest)}",
+    ]
 
 
 def _pauses(found: list[tuple[float, float]]) -> str:
