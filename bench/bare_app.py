@@ -48,7 +48,9 @@ class BareRow(Base):
 # new connections a second during the closed loop, each a process started and ended, CPU the
 # bare request spent that a pool sized for its load does not (walletguard's money requests keep
 # under its pool: WALLETGUARD_MONEY_CONCURRENCY). Connections are made when first needed, so a
-# process opens no more than it has requests in flight at once.
+# process opens no more than it has requests in flight at once: with bench_payments.py's
+# ``--concurrency 32``, 32 at most a process, which PostgreSQL's max_connections (100 by
+# default) must leave room for beside walletguard's pools.
 BARE_POOL_SIZE = 40
 engine = create_engine(
     os.environ["WALLETGUARD_DATABASE_URL"], pool_size=BARE_POOL_SIZE, max_overflow=0

@@ -666,7 +666,7 @@ def connection_states(
     With ``timeline``, each sample is also appended to it as (unix time, what the connection
     was doing): ``client``, ``running``, or the wait PostgreSQL names (``Lock:transactionid``,
     ``IO:WALSync``, ``LWLock:WALWrite``, ...), so that a stall can be matched with what the
-    connections waited on while it lasted (``_waits_line``)."""
+    connections waited on while it lasted (``_waits_lines``)."""
     url = make_url(database_url)
     found: Counter[str] = Counter()
     stop = threading.Event()
@@ -1163,9 +1163,10 @@ def _slow_line(result: LoadResult) -> str:
 
 def _waits_lines(result: LoadResult, timeline: list[tuple[float, str]], top: int = 4) -> list[str]:
     """What the payments' connections in a transaction were doing while the run's requests over
-    50 ms were in flight (each from when it was due to when it was answered), beside the rest of
-    the run: a stall on the WAL's fsync shows as ``IO:WALSync`` and ``LWLock:WALWrite``, one on
-    a row as ``Lock:...``, one in the server's Python as ``client``."""
+    50 ms were in flight (each from when it was due to when it was answered; the first 500 the
+    load generator reports), beside the rest of the run: a stall on the WAL's fsync shows as
+    ``IO:WALSync`` and ``LWLock:WALWrite``, one on a row as ``Lock:...``, one in the server's
+    Python as ``client``."""
     if result.started_at is None or not result.slow:
         return []
     opened = result.started_at
