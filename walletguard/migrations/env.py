@@ -27,6 +27,10 @@ def run() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
             render_item=render_item,
+            # A transaction of its own for each migration: an index built without holding
+            # writes (migrations.online) commits what came before it, and a failure leaves the
+            # database at the last migration done, recorded as such, to run again from there.
+            transaction_per_migration=True,
         )
         with context.begin_transaction():
             context.run_migrations()

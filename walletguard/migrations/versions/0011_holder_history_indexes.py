@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from walletguard.migrations import online
 
 revision: str = "0011"
 down_revision: str | Sequence[str] | None = "0010"
@@ -35,32 +36,28 @@ PENDING = sa.text("status = 'pending'")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("audit_log", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_audit_log_holder_id_event_at", ["holder_id", "event", "at"], unique=False
-        )
-        batch_op.drop_index("ix_audit_log_holder_id")
-    with op.batch_alter_table("ledger_transactions", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_ledger_transactions_holder_id_created_at",
-            ["holder_id", "created_at"],
-            unique=False,
-        )
-        batch_op.create_index(
-            "ix_ledger_transactions_holder_id_pending",
-            ["holder_id", "expires_at"],
-            unique=False,
-            postgresql_where=PENDING,
-            sqlite_where=PENDING,
-        )
-        batch_op.drop_index("ix_ledger_transactions_holder_id")
+    # Built before the old ones are dropped, each without holding writes (migrations.online).
+    online.create_index(
+        "ix_audit_log_holder_id_event_at", "audit_log", ["holder_id", "event", "at"]
+    )
+    online.drop_index("ix_audit_log_holder_id", "audit_log")
+    online.create_index(
+        "ix_ledger_transactions_holder_id_created_at",
+        "ledger_transactions",
+        ["holder_id", "created_at"],
+    )
+    online.create_index(
+        "ix_ledger_transactions_holder_id_pending",
+        "ledger_transactions",
+        ["holder_id", "expires_at"],
+        where=PENDING,
+    )
+    online.drop_index("ix_ledger_transactions_holder_id", "ledger_transactions")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("ledger_transactions", schema=None) as batch_op:
-        batch_op.create_index("ix_ledger_transactions_holder_id", ["holder_id"], unique=False)
-        batch_op.drop_index("ix_ledger_transactions_holder_id_pending")
-        batch_op.drop_index("ix_ledger_transactions_holder_id_created_at")
-    with op.batch_alter_table("audit_log", schema=None) as batch_op:
-        batch_op.create_index("ix_audit_log_holder_id", ["holder_id"], unique=False)
-        batch_op.drop_index("ix_audit_log_holder_id_event_at")
+    online.create_index("ix_ledger_transactions_holder_id", "ledger_transactions", ["holder_id"])
+    online.drop_index("ix_ledger_transactions_holder_id_pending", "ledger_transactions")
+    online.drop_index("ix_ledger_transactions_holder_id_created_at", "ledger_transactions")
+    online.create_index("ix_audit_log_holder_id", "audit_log", ["holder_id"])
+    online.drop_index("ix_audit_log_holder_id_event_at", "audit_log")

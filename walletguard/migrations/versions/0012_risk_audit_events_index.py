@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from walletguard.migrations import online
 
 revision: str = "0012"
 down_revision: str | Sequence[str] | None = "0011"
@@ -39,15 +40,10 @@ RISK_EVENTS = sa.text(
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_audit_log_risk_events",
-        "audit_log",
-        ["holder_id", "at"],
-        unique=False,
-        postgresql_where=RISK_EVENTS,
-        sqlite_where=RISK_EVENTS,
+    online.create_index(
+        "ix_audit_log_risk_events", "audit_log", ["holder_id", "at"], where=RISK_EVENTS
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_audit_log_risk_events", table_name="audit_log")
+    online.drop_index("ix_audit_log_risk_events", "audit_log")

@@ -36,7 +36,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from walletguard.migrations import online
 
 revision: str = "0013"
 down_revision: str | Sequence[str] | None = "0012"
@@ -69,32 +70,17 @@ def _set(column: str) -> sa.TextClause:
 
 
 def upgrade() -> None:
+    # Each without holding writes (migrations.online).
     for table, name, columns in PARTIAL:
-        op.drop_index(name, table_name=table)
-        op.create_index(
-            name,
-            table,
-            columns,
-            unique=False,
-            postgresql_where=_set(columns[0]),
-            sqlite_where=_set(columns[0]),
-        )
+        online.replace_index(name, table, columns, where=_set(columns[0]))
     for table, name, _columns in DROPPED:
-        op.drop_index(name, table_name=table)
-    op.create_index(
-        "ix_alert_outbox_pending_due_at",
-        "alert_outbox",
-        ["due_at"],
-        unique=False,
-        postgresql_where=PENDING,
-        sqlite_where=PENDING,
-    )
+        online.drop_index(name, table)
+    online.create_index("ix_alert_outbox_pending_due_at", "alert_outbox", ["due_at"], where=PENDING)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_alert_outbox_pending_due_at", table_name="alert_outbox")
+    online.drop_index("ix_alert_outbox_pending_due_at", "alert_outbox")
     for table, name, columns in DROPPED:
-        op.create_index(name, table, columns, unique=False)
+        online.create_index(name, table, columns)
     for table, name, columns in PARTIAL:
-        op.drop_index(name, table_name=table)
-        op.create_index(name, table, columns, unique=False)
+        online.replace_index(name, table, columns)

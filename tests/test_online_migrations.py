@@ -1,0 +1,135 @@
+"""Index migrations on PostgreSQL build and drop their indexes without holding the wallet's
+writes (``walletguard.migrations.online``), and a migration interrupted part-way runs again to
+the schema of the models."""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+from tests.conftest import Database
+from walletguard.kit.db import create_db_engine
+from walletguard.migrations import current_heads, downgrade, upgrade
+from walletguard.models import Base
+
+INDEX_DDL = re.compile(r"^\s*(CREATE|DROP)\s+(UNIQUE\s+)?INDEX\b", re.IGNORECASE)
+
+
+@contextmanager
+def scratch_engine(database: Database) -> Iterator[Engine]:
+    """A fresh PostgreSQL database of its own beside the suite's, dropped afterwards."""
+    if not database.is_postgres:
+        pytest.skip("concurrent index builds are PostgreSQL's")
+    url = make_url(database.url)
+    name = f"{url.database}_online_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_db_engine(url.set(database=name).render_as_string(hide_password=False))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _schema_differences(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+
+def at_revision(engine: Engine, revision: str) -> None:
+    """Every branch migrated (MFA and money branch off the foundation), then the index
+    migrations taken back down to ``revision``."""
+    upgrade(engine)
+    downgrade(engine, revision)
+
+
+def test_index_migrations_build_concurrently_outside_a_transaction(database: Database) -> None:
+    with scratch_engine(database) as engine:
+        upgrade(engine)
+        sent: list[tuple[str, bool]] = []
+
+        def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if INDEX_DDL.match(statement):
+                # In an autocommit block the driver has no transaction open.
+                sent.append((" ".join(statement.split()), conn.connection.autocommit))
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            downgrade(engine, "0010")
+            upgrade(engine)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        # 0011-0013 down and up again: each way, every index built and dropped.
+        assert len(sent) >= 24
+        for statement, autocommit in sent:
+            assert "CONCURRENTLY" in statement, statement
+            assert autocommit, f"inside a transaction: {statement}"
+        assert _schema_differences(engine) == []
+
+
+def test_writes_go_on_while_an_index_migration_waits(database: Database) -> None:
+    """A plain CREATE INDEX waits for a transaction writing its table and makes every later
+    writer wait behind it; a concurrent build lets the later writer through."""
+    with scratch_engine(database) as engine:
+        at_revision(engine, "0011")
+        holder = uuid.uuid4()
+        insert = text(
+            "INSERT INTO audit_log (seq, at, event, holder_id, data, prev_hash, hash) "
+            "VALUES (:seq, now(), 'test.write', :holder, '{}', '', :hash)"
+        )
+        # A writer that keeps its transaction open: the index build must wait for it.
+        first = engine.connect()
+        first.execute(insert, {"seq": 1, "holder": holder, "hash": "a" * 64})
+        migrating = threading.Thread(target=upgrade, args=(engine, "0012"), daemon=True)
+        migrating.start()
+        try:
+            # Give the build time to queue for its lock behind the open writer.
+            migrating.join(timeout=1.0)
+            assert migrating.is_alive(), "the build did not wait for the open writer"
+            second = create_engine(engine.url)
+            with second.connect() as conn:
+                conn.execute(text("SET lock_timeout = '2s'"))
+                conn.execute(insert, {"seq": 2, "holder": holder, "hash": "b" * 64})
+                conn.commit()
+            second.dispose()
+        finally:
+            first.rollback()
+            first.close()
+            migrating.join(timeout=60)
+        assert not migrating.is_alive()
+        assert "0012" in current_heads(engine)
+
+
+def test_an_interrupted_index_migration_runs_again(database: Database) -> None:
+    with scratch_engine(database) as engine:
+        at_revision(engine, "0012")
+        # Migration 0013 stopped after its first replacement had built the new index beside
+        # the old one and dropped the old: the new one still carries its building name, and
+        # 0013 is not recorded as done.
+        with engine.connect() as conn:
+            conn.execute(text("DROP INDEX ix_ledger_transactions_counterparty_holder_id"))
+            conn.execute(
+                text(
+                    "CREATE INDEX ix_ledger_transactions_counterparty_holder_id_new "
+                    "ON ledger_transactions (counterparty_holder_id) "
+                    "WHERE counterparty_holder_id IS NOT NULL"
+                )
+            )
+            conn.commit()
+        upgrade(engine)
+        assert "0013" in current_heads(engine)
+        assert _schema_differences(engine) == []
