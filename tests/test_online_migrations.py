@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import Database
@@ -96,22 +97,40 @@ def test_writes_go_on_while_an_index_migration_waits(database: Database) -> None
         first.execute(insert, {"seq": 1, "holder": holder, "hash": "a" * 64})
         migrating = threading.Thread(target=upgrade, args=(engine, "0012"), daemon=True)
         migrating.start()
+        second = create_engine(engine.url)
         try:
-            # Give the build time to queue for its lock behind the open writer.
-            migrating.join(timeout=1.0)
-            assert migrating.is_alive(), "the build did not wait for the open writer"
-            second = create_engine(engine.url)
             with second.connect() as conn:
+                _until_the_build_waits(conn)
+                assert migrating.is_alive(), "the build did not wait for the open writer"
                 conn.execute(text("SET lock_timeout = '2s'"))
                 conn.execute(insert, {"seq": 2, "holder": holder, "hash": "b" * 64})
                 conn.commit()
-            second.dispose()
         finally:
+            second.dispose()
             first.rollback()
             first.close()
             migrating.join(timeout=60)
         assert not migrating.is_alive()
         assert "0012" in current_heads(engine)
+
+
+def _until_the_build_waits(conn: Connection, timeout_s: float = 30.0) -> None:
+    """Until a CREATE INDEX of this database is running and waiting (for a lock, or for the
+    open transactions a concurrent build waits out)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query ILIKE 'CREATE INDEX%' AND state = 'active'"
+                " AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+        conn.rollback()
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no index build waited for the open writer")
 
 
 def test_an_interrupted_index_migration_runs_again(database: Database) -> None:

@@ -4,9 +4,9 @@ A plain ``CREATE INDEX`` on PostgreSQL holds a lock on its table that lets every
 the index is built: on a wallet's ``audit_log`` or ``ledger_transactions`` of millions of rows,
 payments would queue, then time out, for as long as the build takes. These helpers build and
 drop indexes ``CONCURRENTLY`` on PostgreSQL (reads and writes go on meanwhile; the build takes
-longer), which cannot run inside a transaction: each runs in an autocommit block of its own
-(``MigrationContext.autocommit_block``), so what the migration did before it is committed first
-and the environment runs each migration in a transaction of its own (``env.py``,
+longer). Those cannot run inside a transaction, so each runs in an autocommit block of its own
+(``MigrationContext.autocommit_block``), which commits what the migration did before it; that is
+why the environment runs each migration in a transaction of its own (``env.py``,
 ``transaction_per_migration``).
 
 An interrupted concurrent build leaves an invalid index behind under its name, and the
