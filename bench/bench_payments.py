@@ -678,12 +678,9 @@ def connection_states(
                 at = time.time()
                 rows = conn.execute(_ACTIVITY, {"db": url.database})
                 for state, wait_type, wait, statement in rows:
-                    if wait_type == "Lock":
-                        found[f"lock: {statement}"] += 1
-                    else:
-                        found["running" if state == "active" else "client"] += 1
+                    doing = "running" if state == "active" else "client"
+                    found[f"lock: {statement}" if wait_type == "Lock" else doing] += 1
                     if timeline is not None:
-                        doing = "running" if state == "active" else "client"
                         # An idle-in-transaction connection waits for its client (ClientRead).
                         waiting = wait_type is not None and state == "active"
                         timeline.append((at, f"{wait_type}:{wait}" if waiting else doing))

@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,24 +54,41 @@ class Database:
         return self.url.startswith("postgresql")
 
 
-@pytest.fixture(scope="session")
-def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    if PG_URL:
-        admin_url = make_url(PG_URL)
-        name = f"wg_test_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+@contextmanager
+def scratch_postgres(beside: str, name: str) -> Iterator[str]:
+    """A PostgreSQL database ``name`` created on the server of ``beside`` (a URL whose user may
+    create databases); yields its URL, and drops it afterwards, connections and all."""
+    admin_url = make_url(beside)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = admin_url.set(database=name).render_as_string(hide_password=False)
-        engine = create_db_engine(url)
-        upgrade(engine)
-        engine.dispose()
         try:
-            yield Database(url=url, template=None)
+            yield admin_url.set(database=name).render_as_string(hide_password=False)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+    finally:
+        admin.dispose()
+
+
+def schema_differences(engine: Engine) -> list[Any]:
+    """What Alembic's autogenerate finds between the migrated schema and the models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    if PG_URL:
+        with scratch_postgres(PG_URL, f"wg_test_{uuid.uuid4().hex[:12]}") as url:
+            engine = create_db_engine(url)
+            upgrade(engine)
+            engine.dispose()
+            yield Database(url=url, template=None)
         return
     folder = tmp_path_factory.mktemp("db")
     template = folder / "template.db"

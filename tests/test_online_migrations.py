@@ -13,15 +13,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Database
+from tests.conftest import Database, schema_differences, scratch_postgres
 from walletguard.kit.db import create_db_engine
 from walletguard.migrations import current_heads, downgrade, upgrade
-from walletguard.models import Base
 
 INDEX_DDL = re.compile(r"^\s*(CREATE|DROP)\s+(UNIQUE\s+)?INDEX\b", re.IGNORECASE)
 
@@ -31,24 +28,13 @@ def scratch_engine(database: Database) -> Iterator[Engine]:
     """A fresh PostgreSQL database of its own beside the suite's, dropped afterwards."""
     if not database.is_postgres:
         pytest.skip("concurrent index builds are PostgreSQL's")
-    url = make_url(database.url)
-    name = f"{url.database}_online_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = create_db_engine(url.set(database=name).render_as_string(hide_password=False))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _schema_differences(engine: Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+    name = f"{make_url(database.url).database}_online_{uuid.uuid4().hex[:6]}"
+    with scratch_postgres(database.url, name) as url:
+        engine = create_db_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def at_revision(engine: Engine, revision: str) -> None:
@@ -79,7 +65,7 @@ def test_index_migrations_build_concurrently_outside_a_transaction(database: Dat
         for statement, autocommit in sent:
             assert "CONCURRENTLY" in statement, statement
             assert autocommit, f"inside a transaction: {statement}"
-        assert _schema_differences(engine) == []
+        assert schema_differences(engine) == []
 
 
 def test_writes_go_on_while_an_index_migration_waits(database: Database) -> None:
@@ -151,4 +137,4 @@ def test_an_interrupted_index_migration_runs_again(database: Database) -> None:
             conn.commit()
         upgrade(engine)
         assert "0013" in current_heads(engine)
-        assert _schema_differences(engine) == []
+        assert schema_differences(engine) == []

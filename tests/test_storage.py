@@ -8,8 +8,15 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
+from sqlalchemy.engine import make_url
 
-from tests.conftest import STRONG_PASSWORD, Database, register
+from tests.conftest import (
+    STRONG_PASSWORD,
+    Database,
+    register,
+    schema_differences,
+    scratch_postgres,
+)
 from walletguard.bootstrap import Container
 from walletguard.kit.db import create_db_engine, unit_of_work
 from walletguard.kit.ratelimit import AttemptCounter
@@ -34,20 +41,15 @@ ID_NUMBER = (
 
 def test_migrations_go_down_and_up_again(database: Database, tmp_path: Path) -> None:
     if database.is_postgres:
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
-
-        url = make_url(database.url)
-        name = url.database + "_updown"
-        admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        target = url.set(database=name).render_as_string(hide_password=False)
+        name = f"{make_url(database.url).database}_updown"
+        with scratch_postgres(database.url, name) as url:
+            _down_and_up(url)
     else:
-        admin = None
-        target = f"sqlite:///{tmp_path / 'updown.db'}"
-    engine = create_db_engine(target)
+        _down_and_up(f"sqlite:///{tmp_path / 'updown.db'}")
+
+
+def _down_and_up(url: str) -> None:
+    engine = create_db_engine(url)
     try:
         upgrade(engine)
         assert current_heads(engine)
@@ -62,10 +64,6 @@ def test_migrations_go_down_and_up_again(database: Database, tmp_path: Path) -> 
         )
     finally:
         engine.dispose()
-        if admin is not None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
 
 
 def test_database_holds_no_plaintext_personal_data(
@@ -83,16 +81,11 @@ def test_database_holds_no_plaintext_personal_data(
 
 def test_migrations_match_the_models(db_url: str) -> None:
     """Every model change has its migration: the migrated schema and the models agree."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
-
     engine = create_db_engine(db_url)
     try:
-        with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert schema_differences(engine) == []
     finally:
         engine.dispose()
-    assert diff == []
 
 
 def test_timestamps_come_back_as_the_same_instant_in_utc(container: Container) -> None:

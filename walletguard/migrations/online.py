@@ -65,8 +65,8 @@ def replace_index(
     step runs again from the start. On SQLite, the drop and the build in the migration's
     transaction."""
     if not _postgres():
-        op.drop_index(name, table_name=table)
-        op.create_index(name, table, list(columns), unique=False, sqlite_where=where)
+        drop_index(name, table)
+        create_index(name, table, columns, where=where)
         return
     building = f"{name}_new"
     create_index(building, table, columns, where=where)
