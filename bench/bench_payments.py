@@ -20,7 +20,8 @@ throughput (latency from the scheduled send time, so queueing counts). The figur
 ratio payments/s : bare/s (SPEC section 3: >= 50 %, p99 <= 50 ms at half load, measured 5 s
 after the closed loop so that the disk has written out the burst before it). ``--open-rate R``
 runs the open loop at R requests/s instead, so that two versions' latencies are compared at the
-same load. At the end ``walletguard ledger check`` must reconcile.
+same load. At the end ``walletguard ledger check`` must reconcile and ``walletguard audit
+verify`` find the chain whole.
 
 Every control of the ``protected`` profile is on, whatever ``WALLETGUARD_DISABLED_CONTROLS``
 says in the shell. ``--without risk_engine`` (any controls of ``walletguard.kit.controls``,
@@ -45,6 +46,17 @@ share of the bare figure is the most a payment sending that many statements coul
 stack even if all its other work were free (``bench/statement_floor.py`` draws that curve).
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
+
+Then, with every control on, the bare endpoint writes closed-loop what a payment must write and
+nothing else (``POST /bare/spec-writes``): the rows of SPEC section 3's parts (the risk
+decision, the ledger posting, the audit entries, the alert and its outbox rows) and the
+idempotency key, copied from the latest payment (fresh ids and times) and written from the
+prepared holders' wallets to the merchants' accounts in one prepared statement, then the audit
+chain with COMMIT, as walletguard sends it. No authentication, payment password, reads, risk
+rules or texts: its share of the bare figure, and its CPU a request beside the payment's, are
+the most a payment writing those rows could reach on this stack and what all its other work
+may cost at most for the 50 %. It runs last because its payments count towards the holders'
+spending today, and its movements are in the ledger check.
 
 During the payments' closed loop, ``pg_stat_activity`` is sampled every 50 ms and the share
 of samples of the server's connections in a transaction that were waiting for a lock is
@@ -120,7 +132,7 @@ from walletguard.kit.controls import controls_for  # noqa: E402
 from walletguard.kit.db import unit_of_work  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
-from walletguard.wallet.models import LedgerTransaction  # noqa: E402
+from walletguard.wallet.models import LedgerAccount, LedgerTransaction  # noqa: E402
 
 LOADGEN = REPO / "bench" / "loadgen.py"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -546,6 +558,35 @@ def statement_requests(statements: int, count: int, merchants: int, via: str = "
         )
         for i in range(count)
     ]
+
+
+def spec_writes_requests(
+    wallets: list[tuple[str, str]], merchants: list[tuple[str, str]], count: int
+) -> list[str]:
+    """``bench/bare_app.py``'s ``POST /bare/spec-writes``: copies of a payment's essential rows,
+    from each prepared holder's wallet (holder id, account id) to the merchants' accounts
+    (payee, account id), in the payments' order."""
+    lines = []
+    for i in range(count):
+        holder_id, wallet_id = wallets[i % len(wallets)]
+        payee, merchant_id = merchants[i % len(merchants)]
+        lines.append(
+            json.dumps(
+                {
+                    "method": "POST",
+                    "path": "/bare/spec-writes",
+                    "json": {
+                        "payee": payee,
+                        "amount": PAYMENT_AMOUNT,
+                        "holder_id": holder_id,
+                        "wallet_account_id": wallet_id,
+                        "merchant_account_id": merchant_id,
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
+    return lines
 
 
 def bare_app_env(database_url: str) -> dict[str, str]:
@@ -1031,13 +1072,58 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         _progress(f"bare endpoint with as many statements as a payment ({statements}): closed loop")
         _, floor_closed = closed(bare_target, floor_lines)
 
-    ledger = subprocess.run(
-        [sys.executable, "-m", "walletguard.cli", "ledger", "check"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
+        # Last: its payments count towards the holders' spending today, which the payments'
+        # runs above must not see. It copies a payment's rows, every control on: with controls
+        # off a payment writes other rows (no risk decision without the risk engine).
+        writes_runs: tuple[LoadResult, LoadResult] | None = None
+        writes_answered = 0
+        if not off:
+            with container.sessions() as db:
+                accounts = db.execute(
+                    select(
+                        LedgerAccount.kind,
+                        LedgerAccount.holder_id,
+                        LedgerAccount.code,
+                        LedgerAccount.id,
+                    )
+                    .where(LedgerAccount.kind.in_(("holder", "merchant")))
+                    .order_by(LedgerAccount.code)
+                ).all()
+            wallets = [(str(a.holder_id), str(a.id)) for a in accounts if a.kind == "holder"]
+            merchants = [
+                (a.code.removeprefix("merchant:"), str(a.id))
+                for a in accounts
+                if a.kind == "merchant"
+            ]
+
+            def writes_lines(count: int) -> list[str]:
+                return spec_writes_requests(wallets, merchants, count)
+
+            _progress("bare endpoint writing a payment's essential rows: closed loop")
+            # A first pass of its own: each server process reads the rows it copies and prepares
+            # its statement on first use, which would make closed_loop's warm-up underestimate
+            # the rate and so shorten the measured run.
+            first = run_load(
+                children,
+                bare_target.port,
+                writes_lines(args.warmup),
+                workdir,
+                concurrency=args.concurrency,
+            )
+            writes_runs = closed(bare_target, writes_lines)
+            writes_answered = first.requests - first.errors
+
+    ledger, audit = (
+        subprocess.run(
+            [sys.executable, "-m", "walletguard.cli", *command],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # The audit chain too: the bare endpoint's copies of a payment's rows chain entries.
+        for command in (["ledger", "check"], ["audit", "verify"])
     )
     with container.sessions() as db:
         posted = db.scalar(
@@ -1047,6 +1133,8 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         )
     container.close()
     answered = sum(r.requests - r.errors for r in (*pay_runs, pay_open, pay_alone))
+    # The essential writes post payments of their own.
+    answered += writes_answered + sum(r.requests - r.errors for r in writes_runs or ())
 
     busy_after = machine_busy_share()
     print(
@@ -1105,6 +1193,21 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         f"{floor_closed.rps / bare_closed.rps:6.1%} of bare: the most a payment of "
         f"{statements} statements could reach here"
     )
+    if writes_runs is None:
+        print("bare writing a payment's rows  : not run (--without: a payment writes other rows)")
+    else:
+        writes = writes_runs[1]
+        print(
+            "the bare endpoint writing a payment's risk decision, ledger posting, audit entries,"
+            " alert and outbox rows and idempotency key (copies, no reads, checks or Python):"
+        )
+        print(_line("bare + a payment's writes", writes))
+        invalid = "  << errors: not a figure" if writes.errors else ""
+        print(
+            f"bare writing a payment's rows  : {writes.rps / bare_closed.rps:6.1%} of bare, CPU "
+            f"a request {writes.machine_cpu_ms or 0:.1f} ms: the most a payment writing those "
+            f"rows could reach here{invalid}"
+        )
     print("full garbage collections in the servers' processes during their runs (warm-ups in):")
     for name, folder, windows in (
         ("payments", pay_gc, measured[target]),
@@ -1122,7 +1225,11 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
     print(f"walletguard ledger check       : {verdict}: {ledger.stdout.strip()}")
     if ledger.returncode != 0:
         print(ledger.stderr.strip(), file=sys.stderr)
-    if ledger.returncode != 0 or posted != answered:
+    verdict = "holds" if audit.returncode == 0 else "DOES NOT hold"
+    print(f"walletguard audit verify       : {verdict}: {audit.stdout.strip()}")
+    if audit.returncode != 0:
+        print(audit.stderr.strip(), file=sys.stderr)
+    if ledger.returncode != 0 or audit.returncode != 0 or posted != answered:
         raise SystemExit(1)
 
 
