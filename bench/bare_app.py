@@ -16,10 +16,10 @@ balances moved under the debited one's check, the transaction, its two postings)
 entries (chained by walletguard's own ``walletguard_audit_chain``), the alert and its outbox
 rows, and the idempotency key with its answer. Each row is a copy of what walletguard wrote for
 the latest payment in the same database (same columns, same sizes, fresh ids and times), in
-one prepared statement, then the audit chain with COMMIT in one message (two round trips, as
-the bare INSERT and its COMMIT): a payment's essential writes with none of its reads, checks
-or Python, what ``bench/bench_payments.py`` measures as the most any payment writing those
-rows could reach.
+one prepared statement, then the audit chain with COMMIT in one message (with psycopg's BEGIN,
+three round trips, as many as the bare INSERT's): a payment's essential writes with none of
+its reads, checks or Python, what ``bench/bench_payments.py`` measures as the most any payment
+writing those rows could reach.
 """
 
 from __future__ import annotations
