@@ -24,7 +24,6 @@ writing those rows could reach.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
@@ -42,7 +41,7 @@ from sqlalchemy import DateTime, String, bindparam, create_engine, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from walletguard.audit.models import AuditEntry
-from walletguard.audit.service import hash_prefix
+from walletguard.audit.service import chain_entries_json
 from walletguard.kit.db import core
 from walletguard.kit.heap import freeze_long_lived
 
@@ -188,8 +187,7 @@ def _read_template(driver: psycopg.Connection[Any]) -> dict[str, Any]:
     key_columns, key_binds = _binds(found["key"], "key")
     outbox_columns = ", ".join(found["outbox"][0])
     outbox_rows = ", ".join(
-        "(" + ", ".join(f"%(outbox{i}_{name})s" for name in row) + ")"
-        for i, row in enumerate(found["outbox"])
+        f"({_binds(row, f'outbox{i}')[1]})" for i, row in enumerate(found["outbox"])
     )
     # The ledger posting as walletguard's Ledger makes it: the two accounts locked in the order
     # of their ids (two payments locking them in opposite orders would deadlock), both balances
@@ -275,9 +273,8 @@ def spec_writes(body: SpecWritesIn) -> dict[str, str]:
                 f"outbox{i}_due_at": now,
                 f"outbox{i}_created_at": now,
             }
-        entries = []
-        for row in template["audit"]:
-            entry = AuditEntry(
+        entries = [
+            AuditEntry(
                 at=now,
                 event=row["event"],
                 holder_id=body.holder_id,
@@ -285,24 +282,15 @@ def spec_writes(body: SpecWritesIn) -> dict[str, str]:
                 ip=row["ip"],
                 data=row["data"],
             )
-            entries.append(
-                [
-                    hash_prefix(entry),
-                    now.isoformat(),
-                    entry.event,
-                    str(body.holder_id),
-                    str(entry.device_id) if entry.device_id else None,
-                    entry.ip,
-                    entry.data,
-                ]
-            )
+            for row in template["audit"]
+        ]
         moved = driver.execute(template["sql"], params, prepare=True).fetchone()
         if moved is None or moved[0] != 2:
             driver.rollback()
             raise HTTPException(409, "the wallet cannot pay that much")
         chain = ClientCursor(driver)
-        entries_json = json.dumps(entries, ensure_ascii=False)
-        chain.execute(chain.mogrify(_CHAIN, {"entries": entries_json}) + ";\nCOMMIT")
+        sent = chain.mogrify(_CHAIN, {"entries": chain_entries_json(entries)})
+        chain.execute(sent + ";\nCOMMIT")
         return {"id": str(txn_id)}
     finally:
         pooled.close()  # back to the pool (a transaction left open is rolled back)

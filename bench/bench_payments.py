@@ -132,6 +132,7 @@ from walletguard.kit.controls import controls_for  # noqa: E402
 from walletguard.kit.db import unit_of_work  # noqa: E402
 from walletguard.kit.settings import Settings  # noqa: E402
 from walletguard.migrations import upgrade  # noqa: E402
+from walletguard.wallet.ledger import HOLDER, MERCHANT, merchant_code  # noqa: E402
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction  # noqa: E402
 
 LOADGEN = REPO / "bench" / "loadgen.py"
@@ -1086,14 +1087,14 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                         LedgerAccount.code,
                         LedgerAccount.id,
                     )
-                    .where(LedgerAccount.kind.in_(("holder", "merchant")))
+                    .where(LedgerAccount.kind.in_((HOLDER, MERCHANT)))
                     .order_by(LedgerAccount.code)
                 ).all()
-            wallets = [(str(a.holder_id), str(a.id)) for a in accounts if a.kind == "holder"]
+            wallets = [(str(a.holder_id), str(a.id)) for a in accounts if a.kind == HOLDER]
             merchants = [
-                (a.code.removeprefix("merchant:"), str(a.id))
+                (a.code.removeprefix(merchant_code("")), str(a.id))
                 for a in accounts
-                if a.kind == "merchant"
+                if a.kind == MERCHANT
             ]
 
             def writes_lines(count: int) -> list[str]:

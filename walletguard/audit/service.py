@@ -163,6 +163,26 @@ def hash_prefix(entry: AuditEntry) -> str:
     return canonical_json(fields)[:-1] + ',"prev_hash":"'
 
 
+def chain_entries_json(entries: list[AuditEntry]) -> str:
+    """Entries not yet chained as PostgreSQL's ``walletguard_audit_chain`` takes them (migration
+    0010): a JSON array of ``[hash_prefix, at, event, holder_id, device_id, ip, data]``."""
+    return json.dumps(
+        [
+            [
+                hash_prefix(entry),
+                entry.at.isoformat(),
+                entry.event,
+                str(entry.holder_id) if entry.holder_id else None,
+                str(entry.device_id) if entry.device_id else None,
+                entry.ip,
+                entry.data,
+            ]
+            for entry in entries
+        ],
+        ensure_ascii=False,
+    )
+
+
 def _chain(session: Session, pending: list[AuditEntry]) -> None:
     connection = core(session)
     if connection.dialect.name == "postgresql":
@@ -170,23 +190,7 @@ def _chain(session: Session, pending: list[AuditEntry]) -> None:
         # head's lock (migration 0010). At COMMIT it goes with COMMIT: the head is locked only
         # while the server runs it, and the entries learn their numbers and hashes from its
         # answer once committed.
-        params = {
-            "entries": json.dumps(
-                [
-                    [
-                        hash_prefix(entry),
-                        entry.at.isoformat(),
-                        entry.event,
-                        str(entry.holder_id) if entry.holder_id else None,
-                        str(entry.device_id) if entry.device_id else None,
-                        entry.ip,
-                        entry.data,
-                    ]
-                    for entry in pending
-                ],
-                ensure_ascii=False,
-            )
-        }
+        params = {"entries": chain_entries_json(pending)}
 
         def numbered(rows: list[Any]) -> None:
             for entry, (seq, prev_hash, digest) in zip(pending, rows[0][0], strict=True):
