@@ -156,3 +156,28 @@ def test_no_pin_in_the_stored_request_hash(client: TestClient, container: Contai
         record = db.query(IdempotencyRecord).filter_by(key=key).one()
         assert PIN not in (record.response_body or "")
         assert len(record.request_hash) == 64
+
+
+def test_a_refused_session_claims_no_key(client: TestClient, container: Container) -> None:
+    """On PostgreSQL a money request claims its key in the statement that reads its session
+    (wallet.repository.authenticate_and_claim): a session refused there must leave the key
+    unclaimed, and a refusal of the session still comes before a refusal of the key."""
+    holder, _, _ = funded_holder(client, container, PHONE, top_up="100.00")
+    body = {"merchant": "便利店", "amount": "10.00", "payment_password": PIN}
+    key = str(uuid.uuid4())
+    before = table_counts(container, *MONEY_TABLES)
+    stranger = {"authorization": "Bearer not-a-session", "Idempotency-Key": key}
+    assert_problem(
+        client.post("/api/v1/payments", json=body, headers=stranger), 401, "not-authenticated"
+    )
+    malformed = {"authorization": "Bearer not-a-session", "Idempotency-Key": "two words"}
+    assert_problem(
+        client.post("/api/v1/payments", json=body, headers=malformed), 401, "not-authenticated"
+    )
+    assert client.delete("/api/v1/sessions/current", headers=holder.auth).status_code == 204
+    assert_problem(
+        money_post(client, "/api/v1/payments", body, holder, key=key), 401, "not-authenticated"
+    )
+    assert table_counts(container, *MONEY_TABLES) == before
+    with container.sessions() as db:
+        assert db.query(IdempotencyRecord).filter_by(key=key).count() == 0

@@ -14,7 +14,8 @@ one whose token is not a live session is refused by ``holder``, before any work.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from walletguard.bootstrap import Container, Env
 from walletguard.identity.guards import DeviceNotVerified, DeviceState
 from walletguard.identity.service import IdentityService, Principal
+from walletguard.kit.crypto import hash_token
 from walletguard.kit.errors import NotAuthenticated
 from walletguard.kit.http import DbSession, client_ip
 
@@ -64,6 +66,15 @@ class SessionCredentials:
         """What ``CurrentHolder`` is: the holder of a live session on a verified device (in
         ``db``'s unit of work, which records that the session was used)."""
         return _on_verified_device(IdentityService(db, env).authenticate(self.token, self.ip))
+
+    def token_hash(self) -> str:
+        """What ``SESSION_BY_TOKEN`` finds the session by, for a caller that reads it itself."""
+        return hash_token(self.token)
+
+    def holder_of(self, db: Session, env: Container, found: Sequence[Any] | None) -> Principal:
+        """``holder``, from the row a caller's own statement read with ``SESSION_BY_TOKEN``
+        (None: the token found nothing)."""
+        return _on_verified_device(IdentityService(db, env).principal_of(found, self.ip))
 
 
 async def session_credentials(request: Request) -> SessionCredentials:

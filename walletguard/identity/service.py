@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple
@@ -48,6 +49,7 @@ SENDER = "walletguard"
 # Every authenticated request runs it: built once (its cache key is not worked out anew), and
 # read as columns (``kit.db.core``), not as entities: loading a LoginSession and a Device into
 # the ORM cost more than the rest of authentication. A step that needs the entities loads them.
+# A session token's session and its device (``token_hash``), the columns of ``_SessionDevice``.
 _SESSION_BY_TOKEN = (
     select(
         LoginSession.id,
@@ -71,6 +73,10 @@ _TOUCH_DEVICE = (
     .where(Device.id == bindparam("device_id"))
     .values(last_seen_at=bindparam("now"), last_seen_ip=bindparam("ip"))
 )
+# For a statement of another capability that authenticates in its own round trip (``principal_of``
+# then checks the row): its columns, in order, are ``SESSION_COLUMNS`` many.
+SESSION_BY_TOKEN = _SESSION_BY_TOKEN
+SESSION_COLUMNS = len(_SESSION_BY_TOKEN.selected_columns)
 _CHANNEL_COLUMNS, _CHANNEL_JOINS = alerts.channel_setting_columns(Holder.id)
 
 
@@ -622,10 +628,17 @@ class IdentityService:
     # -- sessions ------------------------------------------------------------------------
 
     def authenticate(self, session_token: str, ip: str | None) -> Principal:
-        now = self.clock.now()
         self.db.flush()  # a Core read: what this unit of work changed so far is written first
         rows = core(self.db).execute(_SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)})
-        found = rows.first()
+        return self.principal_of(rows.first(), ip)
+
+    def principal_of(self, found: Sequence[Any] | None, ip: str | None) -> Principal:
+        """Authentication's checks on the row ``SESSION_BY_TOKEN`` found for the token (None:
+        none): the session live and not idle too long, its device not revoked; the session
+        touched at most once a minute. ``authenticate`` reads the row alone; a money request
+        reads it in the statement that claims its idempotency key
+        (``wallet.repository.authenticate_and_claim``)."""
+        now = self.clock.now()
         if found is None:
             raise NotAuthenticated()
         row = _SessionDevice._make(found)

@@ -138,16 +138,10 @@ def _replayed(stored: StoredResponse) -> JSONResponse:
 
 
 def _idempotent(
-    db: Session,
-    env: Container,
-    principal: Principal,
-    key: str | None,
-    operation: str,
-    request: dict[str, Any],
+    call: IdempotentRequest,
     run: Callable[[IdempotentRequest], Outcome],
     render: Render,
 ) -> JSONResponse:
-    call = IdempotentRequest(db, env, principal.holder_id, key, operation, request)
     # The key first: a retry gets the first response (nothing else checked or written), and
     # a concurrent request with the same key waits here for the first one to finish.
     stored = call.claim()
@@ -305,17 +299,10 @@ async def _movement(
     thread (``kit.http.in_one_unit_of_work``): every movement endpoint is this."""
 
     def work(db: Session) -> JSONResponse:
-        principal = holder.holder(db, env)
+        principal, call = IdempotentRequest.authenticated(db, env, holder, key, operation, request)
         service = WalletService(db, env)
         return _idempotent(
-            db,
-            env,
-            principal,
-            key,
-            operation,
-            request,
-            lambda idem: run(service, principal, idem),
-            rendered(service, principal),
+            call, lambda idem: run(service, principal, idem), rendered(service, principal)
         )
 
     return await in_one_unit_of_work(env.sessions, work, limit=env.money_requests)

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
+from walletguard.identity.service import SESSION_BY_TOKEN, SESSION_COLUMNS
 from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
 from walletguard.wallet.models import (
     Card,
@@ -438,6 +439,64 @@ def claim_idempotency_key(db: Session, record: IdempotencyRecord) -> bool:
         .first()
     )
     return claimed is not None
+
+
+@functools.cache
+def _authenticate_and_claim_statement() -> Select[Any]:
+    """PostgreSQL: the session the bearer token names (identity's ``SESSION_BY_TOKEN``, its
+    columns first) and, in the same statement, the idempotency key claimed for that session's
+    holder (``_claim_statement``'s INSERT, from the session's row): the claimed id last, NULL
+    when the holder had used the key already. A token that finds no session claims nothing;
+    one whose session is then refused (revoked, expired, idle, its device revoked or not
+    verified) is refused before any work, and the refusal rolls the claim back with the rest."""
+    session = SESSION_BY_TOKEN.cte("authenticated")
+    claimed = (
+        postgresql.insert(_KEYS)
+        .from_select(
+            ["id", "holder_id", "key", "request_hash", "created_at"],
+            select(
+                bindparam("record_id", type_=Uuid()),
+                session.c.holder_id,
+                bindparam("record_key"),
+                bindparam("record_hash"),
+                bindparam("record_at", type_=UtcDateTime()),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[_KEYS.c.holder_id, _KEYS.c.key])
+        .returning(_KEYS.c.id)
+        .cte("claimed")
+    )
+    return select(*session.c, select(claimed.c.id).scalar_subquery()).add_cte(claimed)
+
+
+class Claimed(NamedTuple):
+    session: Sequence[Any] | None  # SESSION_BY_TOKEN's row, None when the token found none
+    claimed: bool  # the key is this request's now
+
+
+def authenticate_and_claim(db: Session, token_hash: str, record: IdempotencyRecord) -> Claimed:
+    """One round trip where a money request would make two (PostgreSQL only): authenticate and
+    claim the idempotency key (``record``, whose ``holder_id`` is not read: the session's holder
+    is). What the request then checks of the session is identity's
+    (``SessionCredentials.holder_of``); a key that was not claimed is looked up as
+    ``claim_idempotency_key``'s caller does."""
+    found = (
+        core(db)
+        .execute(
+            _authenticate_and_claim_statement(),
+            {
+                "token_hash": token_hash,
+                "record_id": record.id,
+                "record_key": record.key,
+                "record_hash": record.request_hash,
+                "record_at": record.created_at,
+            },
+        )
+        .first()
+    )
+    if found is None:
+        return Claimed(None, claimed=False)
+    return Claimed(found[:SESSION_COLUMNS], claimed=found[SESSION_COLUMNS] is not None)
 
 
 def store_idempotent_response(db: Session, record_id: uuid.UUID, status: int, body: str) -> None:

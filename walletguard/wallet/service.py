@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -50,10 +50,12 @@ from walletguard.bank.sandbox import CARD_NUMBER_CONTEXT
 from walletguard.bank.service import bank_gateway
 from walletguard.bootstrap import Container
 from walletguard.identity import guards
+from walletguard.identity.auth import SessionCredentials
 from walletguard.identity.guards import SensitiveAction
 from walletguard.identity.links import alert_recipient, not_me_url
 from walletguard.identity.phone import mask_phone, parse_mobile
 from walletguard.identity.service import IdentityService, Payer, Principal
+from walletguard.kit.db import is_postgres
 from walletguard.kit.errors import (
     Conflict,
     InvalidInput,
@@ -256,7 +258,21 @@ class IdempotentRequest:
         key: str | None,
         operation: str,
         request: Mapping[str, Any],
+        *,
+        fingerprint: str | None = None,
     ) -> None:
+        self.db = db
+        self.env = env
+        self.holder_id = holder_id
+        self.key = self.checked_key(key)
+        self.fingerprint = fingerprint or request_fingerprint(operation, request)
+        self.record_id: uuid.UUID | None = None
+        # The key was tried already (``authenticated``) and another request had it.
+        self._taken = False
+
+    @staticmethod
+    def checked_key(key: str | None) -> str:
+        """The client's key, trimmed; refused when missing or not 1-128 printable ASCII."""
         if key is None or not key.strip():
             raise IdempotencyKeyRequired()
         key = key.strip()
@@ -264,12 +280,42 @@ class IdempotentRequest:
             raise InvalidInput(
                 "wallet.idempotency.malformed", extensions={"field": "Idempotency-Key"}
             )
-        self.db = db
-        self.env = env
-        self.holder_id = holder_id
-        self.key = key
-        self.fingerprint = request_fingerprint(operation, request)
-        self.record_id: uuid.UUID | None = None
+        return key
+
+    @classmethod
+    def authenticated(
+        cls,
+        db: Session,
+        env: Container,
+        credentials: SessionCredentials,
+        key: str | None,
+        operation: str,
+        request: Mapping[str, Any],
+    ) -> tuple[Principal, IdempotentRequest]:
+        """A money request's first step: the holder authenticated (``SessionCredentials.holder``)
+        and the request under its key. On PostgreSQL, when the key is well-formed, the key is
+        claimed in the statement that reads the session (``repository.authenticate_and_claim``:
+        one round trip instead of two), and ``claim`` then only answers what that found. A
+        refused session is refused before the key is looked at, as apart."""
+        well_formed = key is not None and _IDEMPOTENCY_KEY.fullmatch(key.strip()) is not None
+        if not well_formed or not is_postgres(db):
+            principal = credentials.holder(db, env)
+            return principal, cls(db, env, principal.holder_id, key, operation, request)
+        db.flush()  # a Core read (see IdentityService.authenticate)
+        record = IdempotencyRecord(
+            id=uuid.uuid4(),
+            key=cast(str, key).strip(),
+            request_hash=request_fingerprint(operation, request),
+            created_at=env.clock.now(),
+        )
+        found = repository.authenticate_and_claim(db, credentials.token_hash(), record)
+        principal = credentials.holder_of(db, env, found.session)
+        call = cls(
+            db, env, principal.holder_id, key, operation, request, fingerprint=record.request_hash
+        )
+        call.record_id = record.id if found.claimed else None
+        call._taken = not found.claimed
+        return principal, call
 
     def _stored(self, record: IdempotencyRecord) -> StoredResponse:
         if record.request_hash != self.fingerprint:
@@ -290,16 +336,17 @@ class IdempotentRequest:
         CONFLICT DO NOTHING, no savepoint); a second call in the same request is a no-op."""
         if self.record_id is not None:
             return None
-        record = IdempotencyRecord(
-            id=uuid.uuid4(),
-            holder_id=self.holder_id,
-            key=self.key,
-            request_hash=self.fingerprint,
-            created_at=self.env.clock.now(),
-        )
-        if repository.claim_idempotency_key(self.db, record):
-            self.record_id = record.id
-            return None
+        if not self._taken:
+            record = IdempotencyRecord(
+                id=uuid.uuid4(),
+                holder_id=self.holder_id,
+                key=self.key,
+                request_hash=self.fingerprint,
+                created_at=self.env.clock.now(),
+            )
+            if repository.claim_idempotency_key(self.db, record):
+                self.record_id = record.id
+                return None
         # Another request with this key came first (PostgreSQL made us wait for it to commit).
         existing = repository.idempotency_record(self.db, self.holder_id, self.key)
         if existing is None:
