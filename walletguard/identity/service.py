@@ -121,6 +121,30 @@ _PAYER_HELD = _with_channels(
 )
 
 
+# For a statement of another capability that reads the payment password's row beside its own
+# (the wallet's lock before a movement: ``wallet.repository.lock_wallet_with_payer``): its
+# parameters are ``payer_params``'s; ``verify_payment_password(read=PayerRead(...))`` takes the row.
+PAYER_HELD = _PAYER_HELD
+
+
+class PayerRead(NamedTuple):
+    """``PAYER_HELD``'s row as a caller's own statement read it (None: no such holder), with
+    the ``at`` it was read with (``payer_params``)."""
+
+    row: Sequence[Any] | None
+    at: datetime
+
+
+def payer_params(principal: Principal, at: datetime) -> dict[str, Any]:
+    """The parameters of ``PAYER_HELD`` (and of the SQLite ``_PAYER``) for ``principal``."""
+    return {
+        "holder_id": principal.holder_id,
+        "device_id": principal.device_id,
+        "counter_key": f"pin:{principal.holder_id}",
+        "at": at,
+    }
+
+
 class _PayerRow(NamedTuple):
     """The first columns of a row of ``_PAYER`` (or of the holder's part of ``_PAYER_HELD``);
     the alert channels' follow (``_CHANNELS_AT``)."""
@@ -935,7 +959,9 @@ class IdentityService:
             data={"credential": credential, "via": via},
         )
 
-    def verify_payment_password(self, principal: Principal, pin: str) -> Payer:
+    def verify_payment_password(
+        self, principal: Principal, pin: str, *, read: PayerRead | None = None
+    ) -> Payer:
         """Authorise a payment: 5 wrong tries lock payments, each lock twice the last.
 
         The holder's PIN counter is locked before the PIN is checked (``AttemptCounters.hold``):
@@ -943,19 +969,21 @@ class IdentityService:
         wrong PIN is counted before its refusal commits. A PIN still stored as Argon2id (set
         before payment passwords became keyed hashes) is checked as such and, when right,
         stored again in the current format. Returns the ``Payer``, read with the PIN: the
-        movement it authorises does not read the holder or the device again."""
+        movement it authorises does not read the holder or the device again. ``read``: the
+        row ``PAYER_HELD`` gave a caller's own statement (PostgreSQL), instead of reading it
+        here."""
         holder_id = principal.holder_id
         key = f"pin:{holder_id}"
-        now = self.clock.now()
-        params = {
-            "holder_id": holder_id,
-            "device_id": principal.device_id,
-            "counter_key": key,
-            "at": now,
-        }
-        self.db.flush()  # a Core read (see authenticate)
+        now = read.at if read is not None else self.clock.now()
+        params = payer_params(principal, now)
         held: Held | None = None
-        if is_postgres(self.db):
+        if read is not None:
+            found = read.row
+            if found is not None:
+                held = self.counters.held(key, now, found[0], found[1], found[2])
+                found = found[3:]
+        elif is_postgres(self.db):
+            self.db.flush()  # a Core read (see authenticate)
             # The PIN counter held and the holder read in one statement; a holder without a
             # PIN (or none at all) is refused below and the hold rolled back with the refusal.
             found = core(self.db).execute(_PAYER_HELD, params).first()
@@ -963,6 +991,7 @@ class IdentityService:
                 held = self.counters.held(key, now, found[0], found[1], found[2])
                 found = found[3:]
         else:
+            self.db.flush()
             found = core(self.db).execute(_PAYER, params).first()
         if found is None:
             raise NotFound("identity.holder.not_found")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
-from walletguard.identity.service import SESSION_BY_TOKEN, SESSION_COLUMNS
+from walletguard.identity.service import PAYER_HELD, SESSION_BY_TOKEN, SESSION_COLUMNS
 from walletguard.kit.db import UtcDateTime, core, is_postgres, one_of
 from walletguard.wallet.models import (
     Card,
@@ -378,17 +378,59 @@ def lock_wallet_with_facts(
 
 
 @functools.cache
-def _lock_with_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
+def _lock_with_facts_statement(counted_kinds: tuple[str, ...], payer: bool = False) -> Select[Any]:
     """The kill switch's columns and the movement facts' (one row of aggregates, joined),
-    the wallet state alone locked (``FOR NO KEY UPDATE OF wallet_states``)."""
+    the wallet state alone locked (``FOR NO KEY UPDATE OF wallet_states``); with ``payer``
+    (PostgreSQL), identity's ``PAYER_HELD`` row joined after them, its PIN counter held by
+    its data-modifying WITH."""
     facts = _movement_facts_statement(counted_kinds).subquery("facts")
     states = cast(Table, WalletState.__table__)
+    columns: list[Any] = [states.c.closed_at, states.c.reopens_at, *facts.c]
+    joined = states.join(facts, true())
+    if payer:
+        payer_row = PAYER_HELD.subquery("payer")
+        columns += payer_row.c
+        joined = joined.join(payer_row, true())
     return (
-        select(states.c.closed_at, states.c.reopens_at, *facts.c)
-        .select_from(states.join(facts, true()))
+        select(*columns)
+        .select_from(joined)
         .where(states.c.holder_id == bindparam("state_holder", type_=Uuid()))
         .with_for_update(key_share=True, of=states)
     )
+
+
+class LockedWithPayer(NamedTuple):
+    wallet: LockedWallet
+    payer: Sequence[Any]  # PAYER_HELD's row
+
+
+def lock_wallet_with_payer(
+    db: Session,
+    holder_id: uuid.UUID,
+    payer_params: Mapping[str, Any],
+    *,
+    since: datetime,
+    now: datetime,
+    counted_kinds: Sequence[str],
+    holder_account_code: str,
+) -> LockedWithPayer | None:
+    """``lock_wallet_with_facts`` and, in the same statement (PostgreSQL), what the payment
+    password reads (identity's ``PAYER_HELD`` with ``payer_params``: the PIN's attempt
+    counter held, the holder, the paying device, the alert channels): one round trip where a
+    movement made two. None when the holder has no wallet state yet or is not found (the
+    counter's hold, if taken, is this transaction's and taken again by the caller's own
+    read)."""
+    db.flush()
+    params = {
+        "state_holder": holder_id,
+        **_facts_params(holder_id, since, now, holder_account_code),
+        **payer_params,
+    }
+    statement = _lock_with_facts_statement(tuple(counted_kinds), payer=True)
+    row = core(db).execute(statement, params).first()
+    if row is None:
+        return None
+    return LockedWithPayer(LockedWallet(row, _facts_of(row[2:6])), row[6:])
 
 
 # -- idempotency -----------------------------------------------------------------------------

@@ -54,7 +54,13 @@ from walletguard.identity.auth import SessionCredentials
 from walletguard.identity.guards import SensitiveAction
 from walletguard.identity.links import alert_recipient, not_me_url
 from walletguard.identity.phone import mask_phone, parse_mobile
-from walletguard.identity.service import IdentityService, Payer, Principal
+from walletguard.identity.service import (
+    IdentityService,
+    Payer,
+    PayerRead,
+    Principal,
+    payer_params,
+)
 from walletguard.kit.db import is_postgres
 from walletguard.kit.errors import (
     Conflict,
@@ -603,14 +609,29 @@ class WalletService:
             raise CardNotUsable(card)
         return card
 
-    def _lock_open_wallet(self, holder_id: uuid.UUID) -> None:
+    def _lock_open_wallet(
+        self, holder_id: uuid.UUID, *, payer_of: Principal | None = None
+    ) -> PayerRead | None:
         """Lock the holder's wallet state (created if it does not exist yet) to the end of the
         transaction, and refuse if its transaction functions are closed. The same statement
         reads the facts the movement is then judged on (``_judge_movement``): they can only
-        change under this lock, so they are read once."""
+        change under this lock, so they are read once. With ``payer_of`` on PostgreSQL it
+        also reads what the payment password of that principal reads (its attempt counter
+        held: ``identity.PAYER_HELD``) and returns it; None when it did not (SQLite, or a
+        wallet state created here)."""
         now = self.clock.now()
         facts_args = self._facts_args(holder_id, now)
-        locked = repository.lock_wallet_with_facts(self.db, holder_id, **facts_args)
+        payer: PayerRead | None = None
+        locked: repository.LockedWallet | None
+        if payer_of is not None and is_postgres(self.db):
+            with_payer = repository.lock_wallet_with_payer(
+                self.db, holder_id, payer_params(payer_of, now), **facts_args
+            )
+            locked = None if with_payer is None else with_payer.wallet
+            if with_payer is not None:
+                payer = PayerRead(with_payer.payer, now)
+        else:
+            locked = repository.lock_wallet_with_facts(self.db, holder_id, **facts_args)
         state: repository.KillSwitch
         if locked is None:
             state = repository.lock_wallet_state(self.db, holder_id, now)
@@ -621,6 +642,7 @@ class WalletService:
         if is_closed(state, now):
             raise TransactionsClosed(state)
         self._locked_wallets.add(holder_id)
+        return payer
 
     @staticmethod
     def _facts_args(holder_id: uuid.UUID, now: datetime) -> dict[str, Any]:
@@ -675,9 +697,11 @@ class WalletService:
         posted under: one read of the kill switch, and nothing can close the wallet between
         this check and the posting. Returns what the payment password read of the payer (the
         movement's cooling-off cap is computed from it, ``_guard_movement``)."""
-        self._lock_open_wallet(principal.holder_id)
+        # On PostgreSQL the lock's statement also reads what the payment password needs (one
+        # round trip): the closed wallet is still refused before the PIN is looked at.
+        read = self._lock_open_wallet(principal.holder_id, payer_of=principal)
         identity = IdentityService(self.db, self.env)
-        payer = identity.verify_payment_password(principal, payment_password)
+        payer = identity.verify_payment_password(principal, payment_password, read=read)
         self._payers[principal.holder_id] = payer
         return payer
 
