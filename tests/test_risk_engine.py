@@ -608,3 +608,47 @@ def test_the_risk_read_sees_the_security_events_its_own_transaction_recorded(
             db, holder_id, None, None, audit_since=now - timedelta(days=1), exposures_since=now
         ).events
     assert "security.phone_changed" in [event for event, _at, _data in found.audit]
+
+
+def test_the_risk_read_carries_the_velocity_windows(
+    client: TestClient, container: Container, clock: ManualClock
+) -> None:
+    # On PostgreSQL the first risk read also reads the velocity windows (one round trip): the
+    # same windows as the velocity store's own read, this transaction's queued counts included.
+    from walletguard.risk import repository
+    from walletguard.risk.velocity import DatabaseVelocity, Window
+
+    holder_id = uuid.UUID(register(client, container).holder_id)
+    now = clock.now()
+    holder, payee = f"holder:{holder_id}", "payee:somewhere"
+    spans = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
+    wanted = {holder: spans, payee: spans[1:2], "ip:nobody": spans[1:2]}
+    with unit_of_work(container.sessions) as db:
+        store = DatabaseVelocity(db)
+        store.record([holder, payee], now - timedelta(hours=2), 700)
+        store.record([holder, payee], now - timedelta(minutes=30), 300)
+    with unit_of_work(container.sessions) as db:
+        store = DatabaseVelocity(db)
+        store.record([holder, payee], now - timedelta(minutes=1), 50)  # queued, not written
+        query = store.window_query(wanted, now)
+        assert query is not None
+        read = repository.holder_and_events(
+            db,
+            holder_id,
+            None,
+            None,
+            audit_since=now - timedelta(days=1),
+            exposures_since=now,
+            windows=query if db.get_bind().dialect.name == "postgresql" else None,
+        )
+        expected = store.window_map(wanted, now)
+        assert expected[(holder, spans[2])] == Window(3, 1_050)
+        assert expected[(holder, spans[0])] == Window(1, 50)
+        assert expected[(holder, spans[1])] == Window(2, 350)
+        assert expected[(payee, spans[1])] == Window(2, 350)
+        assert expected[("ip:nobody", spans[1])] == Window(0, 0)
+        if db.get_bind().dialect.name != "postgresql":
+            assert read.windows is None  # SQLite reads them apart (window_map)
+            return
+        assert read.windows is not None
+        assert store.windows_from(query, read.windows, now) == expected

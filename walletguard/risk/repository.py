@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
+    JSON,
     String,
     Table,
     Text,
@@ -37,6 +40,7 @@ from walletguard.risk.models import (
     RiskPayee,
     RiskScamExposure,
 )
+from walletguard.risk.velocity import WindowQuery
 
 # Decisions older than this say nothing about the holder's habits.
 HISTORY_ROWS = 200
@@ -194,18 +198,41 @@ _EXPOSURES_SINCE = (
     .subquery()
 )
 
-_HOLDER_AND_EVENTS = union_all(
-    _HOLDER_AND_DEVICES,
-    _AUDIT_EVENTS,
-    select(
-        literal(2),
-        *_nulls(_HOLDER_COLUMNS),
-        null().cast(String),
-        _EXPOSURES_SINCE.c.received_at,
-        null().cast(Text),
-        _EXPOSURES_SINCE.c.payee_key,
-    ),
+_EXPOSURE_EVENTS = select(
+    literal(2),
+    *_nulls(_HOLDER_COLUMNS),
+    null().cast(String),
+    _EXPOSURES_SINCE.c.received_at,
+    null().cast(Text),
+    _EXPOSURES_SINCE.c.payee_key,
 )
+_HOLDER_AND_EVENTS = union_all(_HOLDER_AND_DEVICES, _AUDIT_EVENTS, _EXPOSURE_EVENTS)
+
+
+@functools.lru_cache(maxsize=64)
+def _holder_events_and_windows(windows: Any) -> Any:
+    """PostgreSQL: ``_HOLDER_AND_EVENTS`` and one more row (3), the velocity windows' rows
+    (``velocity.DatabaseVelocity.window_query``'s statement, one per shape) as one JSON array
+    of arrays in the ``data`` column: the risk engine's first read and its velocity read in one
+    round trip."""
+    rows = windows.subquery("windows")
+    as_json = select(
+        func.coalesce(func.json_agg(func.json_build_array(*rows.c)), literal("[]").cast(JSON))
+    ).scalar_subquery()
+    return union_all(
+        _HOLDER_AND_DEVICES,
+        _AUDIT_EVENTS,
+        _EXPOSURE_EVENTS,
+        select(
+            literal(3),
+            *_nulls(_HOLDER_COLUMNS),
+            null().cast(String),
+            null().cast(_AUDIT.c.at.type),
+            as_json.cast(Text),
+            null().cast(String),
+        ),
+    )
+
 
 _INSERT_DECISION = _DECISIONS.insert()
 
@@ -268,6 +295,8 @@ class HolderAndEvents(NamedTuple):
     facts: HolderFacts
     devices: list[DeviceSeen]
     events: RecentEvents
+    # The velocity windows' rows, when the read carried them (``windows``), else None.
+    windows: list[list[Any]] | None
 
 
 _FIRST_DEVICE = 1 + len(_FACT_COLUMNS)
@@ -282,6 +311,7 @@ def holder_and_events(
     *,
     audit_since: datetime,
     exposures_since: datetime,
+    windows: WindowQuery | None = None,
 ) -> HolderAndEvents:
     """When the account was opened, the last SIM swap of its bound number, what the holder
     paid this payee before, the holder's devices not revoked (and the acting one even if it
@@ -292,7 +322,10 @@ def holder_and_events(
     of decrypting the profile and asking twice. The audit entries this transaction recorded
     are chained first (what a read of the audit log through the session does by itself), so
     they are among the events; then what the session changed is flushed, as a session read
-    would."""
+    would.
+
+    ``windows`` (PostgreSQL): the velocity windows' statement, read in the same statement; its
+    rows come back as ``HolderAndEvents.windows`` for ``DatabaseVelocity.windows_from``."""
     audit.chain_pending(db)
     db.flush()
     params = {
@@ -302,11 +335,16 @@ def holder_and_events(
         "audit_since": audit_since,
         "exposures_since": exposures_since,
     }
+    statement = _HOLDER_AND_EVENTS
+    if windows is not None:
+        statement = _holder_events_and_windows(windows.statement)
+        params.update(windows.params)
     facts: HolderFacts | None = None
     devices: list[DeviceSeen] = []
     events = RecentEvents([], [])
+    window_rows: list[list[Any]] | None = None
     event, at, data, exposure_payee = range(_FIRST_EVENT, _FIRST_EVENT + 4)
-    for row in core(db).execute(_HOLDER_AND_EVENTS, params):
+    for row in core(db).execute(statement, params):
         source = row[0]
         if source == 0:
             if facts is None:
@@ -316,11 +354,13 @@ def holder_and_events(
                 devices.append(DeviceSeen._make(row[_FIRST_DEVICE:_FIRST_EVENT]))
         elif source == 1:
             events.audit.append((row[event], row[at], row[data]))
-        else:
+        elif source == 2:
             events.exposures.append((row[at], row[exposure_payee]))
+        else:
+            window_rows = json.loads(row[data])
     if facts is None:
         raise NoResultFound(f"no holder {holder_id}")
-    return HolderAndEvents(facts, devices, events)
+    return HolderAndEvents(facts, devices, events, window_rows)
 
 
 class Past(NamedTuple):

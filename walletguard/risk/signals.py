@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from walletguard.bootstrap import Container
 from walletguard.identity.guards import device_state
+from walletguard.kit.db import is_postgres
 from walletguard.risk import repository
 from walletguard.risk.geo import GeoLocator, Place, distance_km
 from walletguard.risk.models import AUDIT_STEPS
@@ -28,7 +29,7 @@ from walletguard.risk.rules import (
     SPREAD_SIGNALS,
     TRAVEL_SIGNALS,
 )
-from walletguard.risk.velocity import VelocityStore
+from walletguard.risk.velocity import DatabaseVelocity, VelocityStore
 
 NEVER_H = 1_000_000.0
 BEIJING = ZoneInfo("Asia/Shanghai")
@@ -166,13 +167,30 @@ class SignalReader:
         # flushes the session before it reads.
         s = Signals(kind=event.kind, action=event.action, amount_fen=event.amount_fen)
         payee_key = self.payee_key(event.payee) if event.payee else None
-        (opened_at, last_sim_swap, stats), known, events = repository.holder_and_events(
-            db,
-            event.holder_id,
-            payee_key,
-            event.device_id,
-            audit_since=now - lookback,
-            exposures_since=now - DAY,
+        # The velocity windows this event is judged on, known before anything is read: with
+        # the database's store on PostgreSQL they are read in the same statement as the rest.
+        ip_key = self.key(event.ip, "risk.ip") if event.ip else None
+        holder = f"holder:{event.holder_id}"
+        wanted: dict[str, tuple[timedelta, ...]] = {holder: SPANS}
+        if event.card_id:
+            wanted[f"card:{event.card_id}"] = (TEN_MINUTES, HOUR)
+        if payee_key:
+            wanted[f"payee:{payee_key}"] = (HOUR,)
+        if ip_key:
+            wanted[f"ip:{ip_key}"] = (HOUR,)
+        window_query = None
+        if isinstance(self.velocity, DatabaseVelocity) and is_postgres(db):
+            window_query = self.velocity.window_query(wanted, now)
+        (opened_at, last_sim_swap, stats), known, events, window_rows = (
+            repository.holder_and_events(
+                db,
+                event.holder_id,
+                payee_key,
+                event.device_id,
+                audit_since=now - lookback,
+                exposures_since=now - DAY,
+                windows=window_query,
+            )
         )
         device = next((d for d in known if d.id == event.device_id), None)
         devices = [d for d in known if d.revoked_at is None]
@@ -294,16 +312,11 @@ class SignalReader:
             timeline.append((at, frozenset({"scam_message"})))
 
         # -- velocity and spread ---------------------------------------------------------
-        ip_key = self.key(event.ip, "risk.ip") if event.ip else None
-        holder = f"holder:{event.holder_id}"
-        wanted: dict[str, tuple[timedelta, ...]] = {holder: SPANS}
-        if event.card_id:
-            wanted[f"card:{event.card_id}"] = (TEN_MINUTES, HOUR)
-        if payee_key:
-            wanted[f"payee:{payee_key}"] = (HOUR,)
-        if ip_key:
-            wanted[f"ip:{ip_key}"] = (HOUR,)
-        windows = self.velocity.window_map(wanted, now)
+        if window_query is not None and window_rows is not None:
+            assert isinstance(self.velocity, DatabaseVelocity)
+            windows = self.velocity.windows_from(window_query, window_rows, now)
+        else:
+            windows = self.velocity.window_map(wanted, now)
         s["holder_count_10m"] = windows[(holder, TEN_MINUTES)].count
         s["holder_sum_10m"] = windows[(holder, TEN_MINUTES)].sum_fen
         s["holder_count_1h"] = windows[(holder, HOUR)].count

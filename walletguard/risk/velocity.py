@@ -40,6 +40,17 @@ class Window:
     sum_fen: int
 
 
+@dataclass(frozen=True)
+class WindowQuery:
+    """What ``DatabaseVelocity.window_query`` asks: its statement (one per ``shape``, the
+    number of spans of each key), its parameters, and each key with its spans, sorted."""
+
+    shape: tuple[int, ...]
+    statement: Any
+    params: dict[str, Any]
+    asked: list[tuple[str, list[timedelta]]]
+
+
 class VelocityStore(Protocol):
     def record(self, keys: Iterable[str], at: datetime, amount_fen: int) -> None:
         """Count one event of ``amount_fen`` under each key at ``at``."""
@@ -89,10 +100,20 @@ class DatabaseVelocity:
         start of that key's longest span, glued with UNION ALL. Each key carries only its own
         spans (the longest one is the plain sum), and the spans are parameters: one cached
         statement serves every event with the same shape."""
+        query = self.window_query(wanted, now)
+        if query is None:
+            return {}
+        return self.windows_from(query, core(self.db).execute(query.statement, query.params), now)
+
+    def window_query(
+        self, wanted: Mapping[str, Sequence[timedelta]], now: datetime
+    ) -> WindowQuery | None:
+        """``window_map``'s statement, for a caller that reads it with a statement of its own
+        (the risk engine's first read: ``repository.holder_and_events``); None when nothing is
+        asked. ``windows_from`` then makes the windows of its rows."""
         asked = [(key, sorted(set(key_spans))) for key, key_spans in wanted.items() if key_spans]
-        out: dict[tuple[str, timedelta], Window] = {}
         if not asked:
-            return out
+            return None
         params: dict[str, Any] = {"now": now}
         for index, (key, key_spans) in enumerate(asked):
             params[f"key_{index}"] = key
@@ -100,11 +121,19 @@ class DatabaseVelocity:
             for inner, span in enumerate(key_spans[:-1]):
                 params[f"start_{index}_{inner}"] = self.minute_of(now - span)
         shape = tuple(len(key_spans) for _key, key_spans in asked)
+        return WindowQuery(shape, _windows_query(shape), params, asked)
+
+    def windows_from(
+        self, query: WindowQuery, rows: Iterable[Sequence[Any]], now: datetime
+    ) -> dict[tuple[str, timedelta], Window]:
+        """The windows of ``query`` from its rows (each the key, then count and sum for each
+        of its spans, shortest first), with what this session has queued and not written."""
+        out: dict[tuple[str, timedelta], Window] = {}
         found: dict[str, Any] = {}
-        for row in core(self.db).execute(_windows_query(shape), params):
+        for row in rows:
             found[row[0]] = row[1:]
         queued = _QUEUE.pending(self.db)
-        for key, key_spans in asked:
+        for key, key_spans in query.asked:
             sums = found.get(key)
             for index, span in enumerate(key_spans):
                 count = sum_fen = 0
