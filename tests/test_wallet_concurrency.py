@@ -29,7 +29,7 @@ from tests.wallet_support import (
     wallet,
 )
 from walletguard.bootstrap import Container
-from walletguard.identity.service import IdentityService
+from walletguard.identity.service import IdentityService, Principal
 from walletguard.kit.db import unit_of_work
 from walletguard.kit.errors import WalletguardError
 from walletguard.kit.ratelimit import AttemptCounter
@@ -120,6 +120,37 @@ def test_two_threads_spending_the_same_balance_exactly_one_wins(
         else:
             with unit_of_work(container.sessions) as db:
                 WalletService(db, container).refund(unrefunded, operator="test", reason="round")
+    _check_ledger(container)
+
+
+def test_parallel_payments_cannot_pass_the_daily_limit_together(
+    client: TestClient, container: Container
+) -> None:
+    # Two payments of 60.00 at once under a daily limit of 100.00: one is refused. On
+    # PostgreSQL the one that waited for the other's wallet lock must judge the limit on what
+    # the other committed (a statement's snapshot is taken when it starts, before the wait:
+    # the facts are read by a statement after the lock).
+    for round_number in range(4):
+        holder, _, _ = funded_holder(
+            client, container, PHONES[round_number], top_up="200.00", serial=round_number + 1
+        )
+        principal = principal_of(holder)
+        with unit_of_work(container.sessions) as db:
+            WalletService(db, container).set_limit(
+                principal, card_id=None, period="daily", amount_fen=10_000
+            )
+
+        def spend(index: int, payer: Principal = principal) -> str:
+            return _outcome(
+                container,
+                lambda s: s.pay(
+                    payer, merchant=f"店{index}", amount_fen=6_000, payment_password=PIN
+                ),
+            )
+
+        outcomes = _in_parallel(2, spend)
+        assert sorted(outcomes) == ["limit-exceeded", "ok"], (round_number, outcomes)
+        assert wallet(client, holder)["balance"] == "140.00"
     _check_ledger(container)
 
 

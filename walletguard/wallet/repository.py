@@ -361,11 +361,14 @@ def lock_wallet_with_facts(
     counted_kinds: Sequence[str],
     holder_account_code: str,
 ) -> LockedWallet | None:
-    """The holder's kill switch with the wallet state locked (like ``lock_wallet_state``)
-    and, in the same statement, the facts a new movement is judged on (``movement_facts``,
-    read under that lock); None when the holder has no wallet state yet (nothing read, nothing
-    locked). Flushed first, as an ORM statement would be: the request's own session-row touch
-    is written, and locked, before the wallet state (see incidents)."""
+    """SQLite: the holder's kill switch with the wallet state locked (like
+    ``lock_wallet_state``) and, in the same statement, the facts a new movement is judged on
+    (``movement_facts``, read under that lock); None when the holder has no wallet state yet
+    (nothing read, nothing locked). SQLite runs one writer at a time (``BEGIN IMMEDIATE``), so
+    nothing commits between the statement's start and the lock; on PostgreSQL something can,
+    and the facts are read by a statement after the lock (``lock_wallet_with_payer``).
+    Flushed first, as an ORM statement would be: the request's own session-row touch is
+    written, and locked, before the wallet state (see incidents)."""
     db.flush()
     params = {
         "state_holder": holder_id,
@@ -378,59 +381,58 @@ def lock_wallet_with_facts(
 
 
 @functools.cache
-def _lock_with_facts_statement(counted_kinds: tuple[str, ...], payer: bool = False) -> Select[Any]:
+def _lock_with_facts_statement(counted_kinds: tuple[str, ...]) -> Select[Any]:
     """The kill switch's columns and the movement facts' (one row of aggregates, joined),
-    the wallet state alone locked (``FOR NO KEY UPDATE OF wallet_states``); with ``payer``
-    (PostgreSQL), identity's ``PAYER_HELD`` row joined after them, its PIN counter held by
-    its data-modifying WITH."""
+    the wallet state alone locked (``FOR NO KEY UPDATE OF wallet_states``)."""
     facts = _movement_facts_statement(counted_kinds).subquery("facts")
     states = cast(Table, WalletState.__table__)
-    columns: list[Any] = [states.c.closed_at, states.c.reopens_at, *facts.c]
-    joined = states.join(facts, true())
-    if payer:
-        payer_row = PAYER_HELD.subquery("payer")
-        columns += payer_row.c
-        joined = joined.join(payer_row, true())
     return (
-        select(*columns)
-        .select_from(joined)
+        select(states.c.closed_at, states.c.reopens_at, *facts.c)
+        .select_from(states.join(facts, true()))
+        .where(states.c.holder_id == bindparam("state_holder", type_=Uuid()))
+        .with_for_update(key_share=True, of=states)
+    )
+
+
+@functools.cache
+def _lock_with_payer_statement() -> Select[Any]:
+    """PostgreSQL: the kill switch's columns, the wallet state locked, and identity's
+    ``PAYER_HELD`` row joined (its PIN counter held by its data-modifying WITH)."""
+    states = cast(Table, WalletState.__table__)
+    payer = PAYER_HELD.subquery("payer")
+    return (
+        select(states.c.closed_at, states.c.reopens_at, *payer.c)
+        .select_from(states.join(payer, true()))
         .where(states.c.holder_id == bindparam("state_holder", type_=Uuid()))
         .with_for_update(key_share=True, of=states)
     )
 
 
 class LockedWithPayer(NamedTuple):
-    wallet: LockedWallet
+    kill_switch: KillSwitch
     payer: Sequence[Any]  # PAYER_HELD's row
 
 
 def lock_wallet_with_payer(
-    db: Session,
-    holder_id: uuid.UUID,
-    payer_params: Mapping[str, Any],
-    *,
-    since: datetime,
-    now: datetime,
-    counted_kinds: Sequence[str],
-    holder_account_code: str,
+    db: Session, holder_id: uuid.UUID, payer_params: Mapping[str, Any]
 ) -> LockedWithPayer | None:
-    """``lock_wallet_with_facts`` and, in the same statement (PostgreSQL), what the payment
-    password reads (identity's ``PAYER_HELD`` with ``payer_params``: the PIN's attempt
-    counter held, the holder, the paying device, the alert channels): one round trip where a
-    movement made two. None when the holder has no wallet state yet or is not found (the
-    counter's hold, if taken, is this transaction's and taken again by the caller's own
-    read)."""
+    """PostgreSQL: the holder's wallet state locked (like ``lock_wallet_state``) and, in the
+    same statement, what the payment password reads (identity's ``PAYER_HELD`` with
+    ``payer_params``: the PIN's attempt counter held, the holder, the paying device, the alert
+    channels): one round trip where a movement made two. None when the holder has no wallet
+    state yet or is not found (the counter's hold, if taken, is this transaction's and taken
+    again by the caller's own read).
+
+    Not the movement's facts: a statement reads with the snapshot taken when it started, so
+    one that waited for this lock would read spent-today and the balance from before the
+    movement that held it committed (two parallel payments would each pass the daily limit).
+    They are read by the next statement (``movement_facts``), after the lock."""
     db.flush()
-    params = {
-        "state_holder": holder_id,
-        **_facts_params(holder_id, since, now, holder_account_code),
-        **payer_params,
-    }
-    statement = _lock_with_facts_statement(tuple(counted_kinds), payer=True)
-    row = core(db).execute(statement, params).first()
+    params = {"state_holder": holder_id, **payer_params}
+    row = core(db).execute(_lock_with_payer_statement(), params).first()
     if row is None:
         return None
-    return LockedWithPayer(LockedWallet(row, _facts_of(row[2:6])), row[6:])
+    return LockedWithPayer(row, row[2:])
 
 
 # -- idempotency -----------------------------------------------------------------------------

@@ -613,32 +613,37 @@ class WalletService:
         self, holder_id: uuid.UUID, *, payer_of: Principal | None = None
     ) -> PayerRead | None:
         """Lock the holder's wallet state (created if it does not exist yet) to the end of the
-        transaction, and refuse if its transaction functions are closed. The same statement
-        reads the facts the movement is then judged on (``_judge_movement``): they can only
-        change under this lock, so they are read once. With ``payer_of`` on PostgreSQL it
-        also reads what the payment password of that principal reads (its attempt counter
-        held: ``identity.PAYER_HELD``) and returns it; None when it did not (SQLite, or a
-        wallet state created here)."""
+        transaction, and refuse if its transaction functions are closed. The movement is then
+        judged (``_judge_movement``) on facts read under this lock. On SQLite the same
+        statement reads them (one writer at a time: nothing commits between its start and the
+        lock); on PostgreSQL a statement of their own reads them after it, since a statement
+        that waited for the lock reads with the snapshot taken before the wait. With
+        ``payer_of`` on PostgreSQL the lock's statement also reads what that principal's
+        payment password reads (its attempt counter held: ``identity.PAYER_HELD``) and returns
+        it; None when it did not (SQLite, or a wallet state created here)."""
         now = self.clock.now()
-        facts_args = self._facts_args(holder_id, now)
         payer: PayerRead | None = None
-        locked: repository.LockedWallet | None
-        if payer_of is not None and is_postgres(self.db):
-            with_payer = repository.lock_wallet_with_payer(
-                self.db, holder_id, payer_params(payer_of, now), **facts_args
-            )
-            locked = None if with_payer is None else with_payer.wallet
-            if with_payer is not None:
-                payer = PayerRead(with_payer.payer, now)
-        else:
-            locked = repository.lock_wallet_with_facts(self.db, holder_id, **facts_args)
         state: repository.KillSwitch
-        if locked is None:
-            state = repository.lock_wallet_state(self.db, holder_id, now)
-            self._facts_at_lock.pop(holder_id, None)  # read by _judge_movement instead
+        self._facts_at_lock.pop(holder_id, None)
+        if is_postgres(self.db):
+            locked = None
+            if payer_of is not None:
+                locked = repository.lock_wallet_with_payer(
+                    self.db, holder_id, payer_params(payer_of, now)
+                )
+            if locked is None:
+                state = repository.lock_wallet_state(self.db, holder_id, now)
+            else:
+                state = locked.kill_switch
+                payer = PayerRead(locked.payer, now)
         else:
-            state = locked.kill_switch
-            self._facts_at_lock[holder_id] = locked.facts
+            facts_args = self._facts_args(holder_id, now)
+            with_facts = repository.lock_wallet_with_facts(self.db, holder_id, **facts_args)
+            if with_facts is None:
+                state = repository.lock_wallet_state(self.db, holder_id, now)
+            else:
+                state = with_facts.kill_switch
+                self._facts_at_lock[holder_id] = with_facts.facts
         if is_closed(state, now):
             raise TransactionsClosed(state)
         self._locked_wallets.add(holder_id)
