@@ -3,9 +3,10 @@
 Every movement follows the same order, and the order is the point:
 
 1. the Idempotency-Key is claimed under its unique constraint, first (the endpoint, one INSERT …
-   ON CONFLICT DO NOTHING): a retry gets the first response with nothing else checked or
-   written, a concurrent one waits here for the first to finish; a refusal that is committed
-   (a wrong payment password) gives the key back;
+   ON CONFLICT DO NOTHING; on PostgreSQL in the statement that reads the session,
+   ``IdempotentRequest.authenticated``): a retry gets the first response with nothing else
+   checked or written, a concurrent one waits here for the first to finish; a refusal that is
+   committed (a wrong payment password) gives the key back;
 2. a read-only look at the kill switch (a closed wallet does not even test the payment password,
    so nobody can guess it while the holder has everything closed);
 3. the payment password (``IdentityService.verify_payment_password``), its attempt counted
@@ -302,7 +303,8 @@ class IdempotentRequest:
         and the request under its key. On PostgreSQL, when the key is well-formed, the key is
         claimed in the statement that reads the session (``repository.authenticate_and_claim``:
         one round trip instead of two), and ``claim`` then only answers what that found. A
-        refused session is refused before the key is looked at, as apart."""
+        refused session is refused before the key is looked at, as when they are read apart:
+        a malformed key goes that way, so a bad token is a 401 before a bad key is a 422."""
         well_formed = key is not None and _IDEMPOTENCY_KEY.fullmatch(key.strip()) is not None
         if not well_formed or not is_postgres(db):
             principal = credentials.holder(db, env)
