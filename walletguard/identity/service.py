@@ -49,8 +49,10 @@ SENDER = "walletguard"
 # Every authenticated request runs it: built once (its cache key is not worked out anew), and
 # read as columns (``kit.db.core``), not as entities: loading a LoginSession and a Device into
 # the ORM cost more than the rest of authentication. A step that needs the entities loads them.
-# A session token's session and its device (``token_hash``), the columns of ``_SessionDevice``.
-_SESSION_BY_TOKEN = (
+# A session token's session and its device (``token_hash``), the columns of ``_SessionDevice``;
+# public for a statement of another capability that authenticates in its own round trip
+# (``principal_of`` then checks the row): its columns, in order, are ``SESSION_COLUMNS`` many.
+SESSION_BY_TOKEN = (
     select(
         LoginSession.id,
         LoginSession.holder_id,
@@ -73,10 +75,7 @@ _TOUCH_DEVICE = (
     .where(Device.id == bindparam("device_id"))
     .values(last_seen_at=bindparam("now"), last_seen_ip=bindparam("ip"))
 )
-# For a statement of another capability that authenticates in its own round trip (``principal_of``
-# then checks the row): its columns, in order, are ``SESSION_COLUMNS`` many.
-SESSION_BY_TOKEN = _SESSION_BY_TOKEN
-SESSION_COLUMNS = len(_SESSION_BY_TOKEN.selected_columns)
+SESSION_COLUMNS = len(SESSION_BY_TOKEN.selected_columns)
 _CHANNEL_COLUMNS, _CHANNEL_JOINS = alerts.channel_setting_columns(Holder.id)
 
 
@@ -106,9 +105,12 @@ _PAYER = _with_channels(
 ).where(Holder.id == bindparam("holder_id"))
 
 # On PostgreSQL with the PIN's attempt counter held in the same statement (``held_counter``:
-# created or locked as ``AttemptCounters.hold`` does), its three columns first.
+# created or locked as ``AttemptCounters.hold`` does), its three columns first. Public for a
+# statement of another capability that reads it beside its own (the wallet's lock before a
+# movement: ``wallet.repository.lock_wallet_with_payer``): its parameters are
+# ``payer_params``'s; ``verify_payment_password(read=PayerRead(...))`` takes the row.
 _HELD_PIN = held_counter()
-_PAYER_HELD = _with_channels(
+PAYER_HELD = _with_channels(
     select(
         _HELD_PIN.c.failures,
         _HELD_PIN.c.locked_until,
@@ -119,12 +121,6 @@ _PAYER_HELD = _with_channels(
     .join(Holder, Holder.id == bindparam("holder_id"))
     .outerjoin(Device, and_(Device.id == bindparam("device_id"), Device.holder_id == Holder.id))
 )
-
-
-# For a statement of another capability that reads the payment password's row beside its own
-# (the wallet's lock before a movement: ``wallet.repository.lock_wallet_with_payer``): its
-# parameters are ``payer_params``'s; ``verify_payment_password(read=PayerRead(...))`` takes the row.
-PAYER_HELD = _PAYER_HELD
 
 
 class PayerRead(NamedTuple):
@@ -146,7 +142,7 @@ def payer_params(principal: Principal, at: datetime) -> dict[str, Any]:
 
 
 class _PayerRow(NamedTuple):
-    """The first columns of a row of ``_PAYER`` (or of the holder's part of ``_PAYER_HELD``);
+    """The first columns of a row of ``_PAYER`` (or of the holder's part of ``PAYER_HELD``);
     the alert channels' follow (``_CHANNELS_AT``)."""
 
     payment_pin_hash: str | None
@@ -653,7 +649,7 @@ class IdentityService:
 
     def authenticate(self, session_token: str, ip: str | None) -> Principal:
         self.db.flush()  # a Core read: what this unit of work changed so far is written first
-        rows = core(self.db).execute(_SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)})
+        rows = core(self.db).execute(SESSION_BY_TOKEN, {"token_hash": hash_token(session_token)})
         return self.principal_of(rows.first(), ip)
 
     def principal_of(self, found: Sequence[Any] | None, ip: str | None) -> Principal:
@@ -973,26 +969,24 @@ class IdentityService:
         row ``PAYER_HELD`` gave a caller's own statement (PostgreSQL), instead of reading it
         here."""
         holder_id = principal.holder_id
-        key = f"pin:{holder_id}"
         now = read.at if read is not None else self.clock.now()
         params = payer_params(principal, now)
+        key: str = params["counter_key"]
         held: Held | None = None
-        if read is not None:
-            found = read.row
-            if found is not None:
-                held = self.counters.held(key, now, found[0], found[1], found[2])
-                found = found[3:]
-        elif is_postgres(self.db):
+        if read is None and not is_postgres(self.db):
             self.db.flush()  # a Core read (see authenticate)
-            # The PIN counter held and the holder read in one statement; a holder without a
-            # PIN (or none at all) is refused below and the hold rolled back with the refusal.
-            found = core(self.db).execute(_PAYER_HELD, params).first()
+            found = core(self.db).execute(_PAYER, params).first()
+        else:
+            if read is not None:
+                found = read.row
+            else:
+                self.db.flush()
+                # The PIN counter held and the holder read in one statement; a holder without
+                # a PIN (or none at all) is refused below and the hold rolled back with it.
+                found = core(self.db).execute(PAYER_HELD, params).first()
             if found is not None:
                 held = self.counters.held(key, now, found[0], found[1], found[2])
                 found = found[3:]
-        else:
-            self.db.flush()
-            found = core(self.db).execute(_PAYER, params).first()
         if found is None:
             raise NotFound("identity.holder.not_found")
         holder = _PayerRow._make(found[:_CHANNELS_AT])

@@ -178,9 +178,10 @@ class SignalReader:
             wanted[f"payee:{payee_key}"] = (HOUR,)
         if ip_key:
             wanted[f"ip:{ip_key}"] = (HOUR,)
-        window_query = None
+        database: DatabaseVelocity | None = None
         if isinstance(self.velocity, DatabaseVelocity) and is_postgres(db):
-            window_query = self.velocity.window_query(wanted, now)
+            database = self.velocity
+        window_query = database.window_query(wanted, now) if database is not None else None
         (opened_at, last_sim_swap, stats), known, events, window_rows = (
             repository.holder_and_events(
                 db,
@@ -312,9 +313,8 @@ class SignalReader:
             timeline.append((at, frozenset({"scam_message"})))
 
         # -- velocity and spread ---------------------------------------------------------
-        if window_query is not None and window_rows is not None:
-            assert isinstance(self.velocity, DatabaseVelocity)
-            windows = self.velocity.windows_from(window_query, window_rows, now)
+        if database is not None and window_query is not None and window_rows is not None:
+            windows = database.windows_from(window_query, window_rows, now)
         else:
             windows = self.velocity.window_map(wanted, now)
         s["holder_count_10m"] = windows[(holder, TEN_MINUTES)].count

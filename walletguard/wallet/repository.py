@@ -446,18 +446,33 @@ def idempotency_record(db: Session, holder_id: uuid.UUID, key: str) -> Idempoten
     ).scalar_one_or_none()
 
 
+def _claimed_row(holder: Any) -> dict[str, Any]:
+    """An idempotency key's row as a claim inserts it (``_claim_params``), its holder given."""
+    return {
+        "id": bindparam("record_id", type_=Uuid()),
+        "holder_id": holder,
+        "key": bindparam("record_key"),
+        "request_hash": bindparam("record_hash"),
+        "created_at": bindparam("record_at", type_=UtcDateTime()),
+    }
+
+
+def _claim_params(record: IdempotencyRecord) -> dict[str, Any]:
+    """``_claimed_row``'s parameters (the holder's apart: each statement takes it its way)."""
+    return {
+        "record_id": record.id,
+        "record_key": record.key,
+        "record_hash": record.request_hash,
+        "record_at": record.created_at,
+    }
+
+
 @functools.cache
 def _claim_statement(dialect: str) -> ReturningInsert[uuid.UUID]:
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         insert_fn(_KEYS)
-        .values(
-            id=bindparam("record_id", type_=Uuid()),
-            holder_id=bindparam("record_holder", type_=Uuid()),
-            key=bindparam("record_key"),
-            request_hash=bindparam("record_hash"),
-            created_at=bindparam("record_at", type_=UtcDateTime()),
-        )
+        .values(_claimed_row(bindparam("record_holder", type_=Uuid())))
         .on_conflict_do_nothing(index_elements=[_KEYS.c.holder_id, _KEYS.c.key])
         .returning(_KEYS.c.id)
     )
@@ -472,13 +487,7 @@ def claim_idempotency_key(db: Session, record: IdempotencyRecord) -> bool:
         core(db)
         .execute(
             _claim_statement(db.get_bind().dialect.name),
-            {
-                "record_id": record.id,
-                "record_holder": record.holder_id,
-                "record_key": record.key,
-                "record_hash": record.request_hash,
-                "record_at": record.created_at,
-            },
+            {**_claim_params(record), "record_holder": record.holder_id},
         )
         .first()
     )
@@ -494,18 +503,10 @@ def _authenticate_and_claim_statement() -> Select[Any]:
     one whose session is then refused (revoked, expired, idle, its device revoked or not
     verified) is refused before any work, and the refusal rolls the claim back with the rest."""
     session = SESSION_BY_TOKEN.cte("authenticated")
+    row = _claimed_row(session.c.holder_id)
     claimed = (
         postgresql.insert(_KEYS)
-        .from_select(
-            ["id", "holder_id", "key", "request_hash", "created_at"],
-            select(
-                bindparam("record_id", type_=Uuid()),
-                session.c.holder_id,
-                bindparam("record_key"),
-                bindparam("record_hash"),
-                bindparam("record_at", type_=UtcDateTime()),
-            ),
-        )
+        .from_select(list(row), select(*row.values()))
         .on_conflict_do_nothing(index_elements=[_KEYS.c.holder_id, _KEYS.c.key])
         .returning(_KEYS.c.id)
         .cte("claimed")
@@ -528,13 +529,7 @@ def authenticate_and_claim(db: Session, token_hash: str, record: IdempotencyReco
         core(db)
         .execute(
             _authenticate_and_claim_statement(),
-            {
-                "token_hash": token_hash,
-                "record_id": record.id,
-                "record_key": record.key,
-                "record_hash": record.request_hash,
-                "record_at": record.created_at,
-            },
+            {"token_hash": token_hash, **_claim_params(record)},
         )
         .first()
     )

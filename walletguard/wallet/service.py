@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -278,16 +278,24 @@ class IdempotentRequest:
         self._taken = False
 
     @staticmethod
-    def checked_key(key: str | None) -> str:
+    def well_formed(key: str | None) -> str | None:
+        """The client's key, trimmed, if it is 1-128 printable ASCII; else None."""
+        if key is None:
+            return None
+        key = key.strip()
+        return key if _IDEMPOTENCY_KEY.fullmatch(key) else None
+
+    @classmethod
+    def checked_key(cls, key: str | None) -> str:
         """The client's key, trimmed; refused when missing or not 1-128 printable ASCII."""
         if key is None or not key.strip():
             raise IdempotencyKeyRequired()
-        key = key.strip()
-        if not _IDEMPOTENCY_KEY.fullmatch(key):
+        checked = cls.well_formed(key)
+        if checked is None:
             raise InvalidInput(
                 "wallet.idempotency.malformed", extensions={"field": "Idempotency-Key"}
             )
-        return key
+        return checked
 
     @classmethod
     def authenticated(
@@ -305,14 +313,14 @@ class IdempotentRequest:
         one round trip instead of two), and ``claim`` then only answers what that found. A
         refused session is refused before the key is looked at, as when they are read apart:
         a malformed key goes that way, so a bad token is a 401 before a bad key is a 422."""
-        well_formed = key is not None and _IDEMPOTENCY_KEY.fullmatch(key.strip()) is not None
-        if not well_formed or not is_postgres(db):
+        checked = cls.well_formed(key)
+        if checked is None or not is_postgres(db):
             principal = credentials.holder(db, env)
             return principal, cls(db, env, principal.holder_id, key, operation, request)
         db.flush()  # a Core read (see IdentityService.authenticate)
         record = IdempotencyRecord(
             id=uuid.uuid4(),
-            key=cast(str, key).strip(),
+            key=checked,
             request_hash=request_fingerprint(operation, request),
             created_at=env.clock.now(),
         )
