@@ -43,7 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from walletguard.audit.models import AuditEntry
 from walletguard.audit.service import chain_entries_json
 from walletguard.kit.db import core
-from walletguard.kit.heap import freeze_long_lived
+from walletguard.kit.heap import frozen_heap
 
 
 class Base(DeclarativeBase):
@@ -78,8 +78,8 @@ Sessions = sessionmaker(engine, expire_on_commit=False)
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # As walletguard's server processes do (``walletguard.app.server_app``): the same stack.
-    freeze_long_lived()
-    yield
+    with frozen_heap():
+        yield
 
 
 app = FastAPI(lifespan=lifespan)

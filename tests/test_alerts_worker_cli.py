@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from tests.alerts_support import all_deliveries, raise_security_alerts
 from tests.conftest import make_settings, register
-from walletguard.alerts.worker import delivers_in_process
+from walletguard.alerts.worker import PeriodicJob, delivers_in_process, run_worker_process
 from walletguard.app import create_app
 from walletguard.bootstrap import Container, build_container
 from walletguard.kit.clock import Clock, ManualClock, SystemClock
@@ -98,6 +99,35 @@ def test_worker_runs_until_stopped(cli_env: dict[str, str], shared: Container) -
         out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
     assert "Stopped after delivering 3 alert(s)." in out
+
+
+def test_the_worker_keeps_what_it_started_with_out_of_full_collections(shared: Container) -> None:
+    """``walletguard worker`` runs as long as a server process does: what it started with is
+    frozen as a server's is (``kit.heap.frozen_heap``), and once it stops the collector is as
+    it was."""
+    frozen_while_running: list[int] = []
+
+    def look_then_stop() -> None:
+        frozen_while_running.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    gc.unfreeze()
+    try:
+        run_worker_process(
+            shared,
+            once=False,
+            interval=0.05,
+            batch=10,
+            report=lambda _line: None,
+            periodic=[PeriodicJob("look", 0.0, look_then_stop)],
+        )
+        assert frozen_while_running and frozen_while_running[0] > 0
+        assert gc.get_freeze_count() == 0
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        gc.unfreeze()
 
 
 def test_the_server_delivers_in_process_when_asked(

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.conftest import assert_problem
 from walletguard.app import create_app, server_app
 from walletguard.bootstrap import Container
+from walletguard.kit import heap
 from walletguard.kit.clock import ManualClock
 from walletguard.kit.crypto import DecryptionError, FieldCipher, KeyConfigurationError
 from walletguard.kit.i18n import LANGUAGES, catalogue, negotiate, text
@@ -178,6 +179,19 @@ def test_a_server_process_freezes_what_it_started_with(
             assert client.get("/healthz").json() == {"status": "ok"}
             made_since: list[object] = []
             assert _walked(made_since)
+            # What the first requests leave for good is frozen by the first full collection
+            # after start-up, and only by the first.
+            frozen_at_start = gc.get_freeze_count()
+            gc.collect()
+            assert not _walked(made_since)
+            assert gc.get_freeze_count() > frozen_at_start
+            made_later: list[object] = []
+            gc.collect()
+            assert _walked(made_later)
+        # The app has stopped: the collector is as it was.
+        assert gc.get_freeze_count() == 0
+        assert _walked(made_since)
+        assert not [hook for hook in gc.callbacks if type(hook).__module__ == heap.__name__]
     finally:
         gc.unfreeze()
         app.state.container.close()

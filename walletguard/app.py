@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from fastapi import FastAPI, Request
 from sqlalchemy import text as sql_text
@@ -18,7 +18,7 @@ from walletguard.incidents.endpoints import operator_router
 from walletguard.incidents.endpoints import router as incidents_router
 from walletguard.kit.errors import PayloadTooLarge, install_problem_handlers, problem_response
 from walletguard.kit.errors import request_language as _lang
-from walletguard.kit.heap import freeze_long_lived
+from walletguard.kit.heap import frozen_heap
 from walletguard.messages.endpoints import router as messages_router
 from walletguard.messages.endpoints import sandbox_router
 from walletguard.risk.endpoints import operator_router as risk_operator_router
@@ -70,9 +70,10 @@ def create_app(container: Container | None = None, *, freeze_heap: bool = False)
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The embedded default delivers alerts on a thread of the server process (see
         # walletguard.alerts.worker.delivers_in_process); production runs `walletguard worker`.
-        with in_process_delivery(container, periodic_jobs(container)):
-            if freeze_heap:
-                freeze_long_lived()
+        with (
+            in_process_delivery(container, periodic_jobs(container)),
+            frozen_heap() if freeze_heap else nullcontext(),
+        ):
             yield
 
     app = FastAPI(

@@ -63,6 +63,7 @@ from walletguard.audit import service as audit
 from walletguard.bootstrap import Container
 from walletguard.kit.clock import SystemClock
 from walletguard.kit.db import is_postgres, one_of, unit_of_work
+from walletguard.kit.heap import frozen_heap
 from walletguard.kit.i18n import Language
 
 log = logging.getLogger("walletguard.alerts")
@@ -411,6 +412,11 @@ def run_worker_process(
         report(f"Delivered {delivered} alert(s) ({total} since start).")
 
     report("Delivering alerts; stop with Ctrl-C.")
-    run_worker(container, stop, interval=interval, batch=batch, report=_count, periodic=periodic)
+    # A process that runs for as long as a server's does: its start-up objects, and what its
+    # first rounds leave for good, out of the collector's full walks, as a server's are.
+    with frozen_heap():
+        run_worker(
+            container, stop, interval=interval, batch=batch, report=_count, periodic=periodic
+        )
     report(f"Stopped after delivering {total} alert(s).")
     return total
