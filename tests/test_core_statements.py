@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, cast
 
 import pytest
 from sqlalchemy import (
+    Integer,
     String,
     Table,
     Uuid,
@@ -255,6 +256,31 @@ def test_on_postgresql_a_statement_is_compiled_once_and_listeners_see_it(
     with container.sessions() as db:
         core(db).execute(statement, {"key": "z"})
     assert seen == []  # removed: nothing listens, nothing was told
+
+
+def test_placeholders_are_numbered_as_postgresql_numbers_them() -> None:
+    # A name used twice is one number; a doubled % is one %.
+    sql = "SELECT %(a)s, %(bee_2)s, %(a)s::INTEGER WHERE x LIKE '5%%' || %(c)s"
+    assert kit_db.numbered_placeholders(sql) == (
+        b"SELECT $1, $2, $1::INTEGER WHERE x LIKE '5%' || $3",
+        ("a", "bee_2", "c"),
+    )
+    assert kit_db.numbered_placeholders("SELECT 1") == (b"SELECT 1", ())
+
+
+def test_a_name_used_twice_a_percent_sign_and_many_parameters(container: Container) -> None:
+    """What psycopg would parse afresh each time (over 50 parameters), a parameter used twice
+    and a literal % come back as SQLAlchemy's own execution gives them."""
+    twice = text("SELECT :a + :a AS twice, '50%' AS pct, :b AS b").bindparams(
+        bindparam("a", type_=Integer), bindparam("b", type_=String)
+    )
+    ours, theirs = _both(container, twice, {"a": 21, "b": "x%"})
+    assert [tuple(r) for r in ours] == [tuple(r) for r in theirs] == [(42, "50%", "x%")]
+    many = select(*[bindparam(f"p{i}", type_=Integer).label(f"c{i}") for i in range(60)])
+    values = {f"p{i}": i * 7 for i in range(60)}
+    for _ in range(2):  # the second time from what was compiled
+        ours, theirs = _both(container, many, values)
+        assert tuple(ours[0]) == tuple(theirs[0]) == tuple(i * 7 for i in range(60))
 
 
 def test_statements_built_anew_are_not_kept(container: Container) -> None:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast
 
-from psycopg import ClientCursor
+from psycopg import ClientCursor, RawCursor
 from psycopg.pq import ExecStatus
 from sqlalchemy import (
     ColumnElement,
@@ -361,6 +361,8 @@ class _Prepared:
         "columns",
         "defaults",
         "keys",
+        "numbered",
+        "positions",
         "required",
         "results",
         "results_in_utc",
@@ -375,6 +377,13 @@ class _Prepared:
         self.required = frozenset(k for k, b in binds.items() if b.required)
         processors = getattr(compiled, "_bind_processors", {})
         self.bind: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
+        # What ``Core`` sends psycopg: the SQL with PostgreSQL's own numbered placeholders,
+        # made once, and for each number the parameter's name, its value if the statement
+        # carries one, and its converter (``positional``).
+        self.numbered, names = numbered_placeholders(self.sql)
+        self.positions: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...] = tuple(
+            (name, self.defaults.get(name, _MISSING), processors.get(name)) for name in names
+        )
         columns = getattr(compiled, "_result_columns", [])
         self.keys = [column.keyname for column in columns]
         self.columns = [column.type for column in columns]
@@ -388,6 +397,18 @@ class _Prepared:
         """The parameters with the statement's own values, or None if one it needs is missing."""
         values = {**self.defaults, **(parameters or {})}
         return values if self.required.issubset(values) else None
+
+    def positional(self, parameters: Mapping[str, Any] | None) -> list[Any] | None:
+        """The values for ``numbered``'s placeholders, in their order and converted as
+        ``values`` and ``convert`` give them, or None if one the statement needs is missing."""
+        given = parameters or {}
+        found = []
+        for name, default, convert in self.positions:
+            value = given.get(name, default)
+            if value is _MISSING:
+                return None
+            found.append(value if convert is None or value is None else convert(value))
+        return found
 
     def convert(self, values: dict[str, Any]) -> None:
         """SQLAlchemy's converters applied to ``values``, in place (None stays None)."""
@@ -421,6 +442,32 @@ class _Prepared:
         self.row = cast(Any, namedtuple)("Row", keys, rename=True)._make
 
 
+_MISSING: Any = object()  # a parameter neither given nor carried by the statement
+# psycopg's placeholders in the SQL SQLAlchemy compiles for it: a named one, or a doubled % that
+# stands for one %.
+_PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
+
+
+def numbered_placeholders(sql: str) -> tuple[bytes, tuple[str, ...]]:
+    """``sql`` with psycopg's named placeholders (``%(name)s``) as PostgreSQL's own (``$1``, a
+    name used twice the same number) and ``%%`` as ``%``, encoded; and the names in number order.
+    It is what psycopg makes of the SQL at each execution (``psycopg._queries``), and caches
+    only for statements under 4,096 characters and 50 parameters: a payment's long statements
+    were parsed afresh every time, 4 % of a server's CPU under load (``py-spy --gil``). Made
+    once, it goes by a ``psycopg.RawCursor``, which parses nothing."""
+    numbers: dict[str, str] = {}
+
+    def number(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name is None:
+            return "%"
+        if name not in numbers:
+            numbers[name] = f"${len(numbers) + 1}"
+        return numbers[name]
+
+    return _PLACEHOLDER.sub(number, sql).encode(), tuple(numbers)
+
+
 def _fast_path_for(compiled: Any) -> bool:
     """Whether the statement's SQL is the same on every execution (nothing rendered per
     execution, no parameter renamed), which is what ``Core`` can send as it is."""
@@ -443,8 +490,9 @@ class Core:
 
     On PostgreSQL, when nothing listens to the connection's statements (no ``echo``, no
     ``before_cursor_execute``: the statement tracer of ``bench/payment_statements.py`` and
-    SQLAlchemy's logging see every statement as before), a statement is compiled once, and
-    each execution hands its SQL and converted parameters straight to psycopg on one cursor
+    SQLAlchemy's logging see every statement as before), a statement is compiled once, with
+    PostgreSQL's numbered placeholders (``numbered_placeholders``), and each execution hands
+    that SQL and the converted parameters, in order, straight to psycopg on one raw cursor
     kept with the pooled connection: SQLAlchemy's execution context, result object and cursor
     per statement are about as much CPU again as psycopg's own work (``bench/statement_floor.py``).
     The parameters and the columns go through the same type converters SQLAlchemy applies (only
@@ -487,17 +535,19 @@ class Core:
         if prepared is None:
             return self._through_sqlalchemy(statement, parameters, row)
         assert isinstance(prepared, _Prepared)
-        values = prepared.values(cast(Mapping[str, Any] | None, parameters))
+        try:
+            values = prepared.positional(cast(Mapping[str, Any] | None, parameters))
+        except Exception as error:  # a converter's refusal, raised as SQLAlchemy raises it
+            connection._handle_dbapi_exception(error, prepared.sql, parameters, None, None)
         if values is None:
             return self._through_sqlalchemy(statement, parameters, row)  # SQLAlchemy's own error
         record = connection.connection
         driver: Any = record.driver_connection
-        cursor = record.info.get(_CURSOR)
+        cursor: Any = record.info.get(_CURSOR)
         if cursor is None or cursor.connection is not driver:
-            cursor = record.info[_CURSOR] = driver.cursor()
+            cursor = record.info[_CURSOR] = RawCursor(driver)
         try:
-            prepared.convert(values)
-            cursor.execute(prepared.sql, values)
+            cursor.execute(prepared.numbered, values)
             # The result's status, not ``cursor.description`` (a new list of column objects at
             # every look): whether the statement returned rows.
             returned = cursor.pgresult.status == ExecStatus.TUPLES_OK
