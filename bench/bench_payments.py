@@ -42,8 +42,12 @@ one payment sends (traced in process on a fresh database by ``bench/payment_stat
 and the bare endpoint is run closed-loop once more with that many statements (``POST
 /bare/statements``: its INSERT after as many trivial primary-key SELECTs sent the way a payment
 sends its statements (``walletguard.kit.db.core``), nothing else), whose
-share of the bare figure is the most a payment sending that many statements could reach on this
-stack even if all its other work were free (``bench/statement_floor.py`` draws that curve).
+share of the bare endpoint is the most a payment sending that many statements could reach on
+this stack even if all its other work were free (``bench/statement_floor.py`` draws that curve).
+That share, and the next one, are of a closed loop of the plain bare endpoint run just before
+(by requests a second, and by CPU a request): the machine's speed drifts over minutes, and
+against the median round's bare figure, minutes earlier, the writes' share came out anywhere
+between 58 % and 138 % in six runs of one day.
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
@@ -53,7 +57,7 @@ decision, the ledger posting, the audit entries, the alert and its outbox rows) 
 idempotency key, copied from the latest payment (fresh ids and times) and written from the
 prepared holders' wallets to the merchants' accounts in one prepared statement, then the audit
 chain with COMMIT, as walletguard sends it. No authentication, payment password, reads, risk
-rules or texts: its share of the bare figure, and its CPU a request beside the payment's, are
+rules or texts: its share of the bare endpoint, and its CPU a request beside the payment's, are
 the most a payment writing those rows could reach on this stack and what all its other work
 may cost at most for the 50 %. It runs last because its payments count towards the holders'
 spending today, and its movements are in the ledger check.
@@ -811,6 +815,20 @@ def without(names: str) -> list[str]:
 # -- report --------------------------------------------------------------------------------------
 
 
+def _beside(run: LoadResult, bare: LoadResult) -> str:
+    """``run``'s share of the bare endpoint's run made just before it, by requests a second and
+    by CPU a request on the whole machine."""
+    by_cpu = (
+        f"{bare.machine_cpu_ms / run.machine_cpu_ms:6.1%}"
+        if bare.machine_cpu_ms and run.machine_cpu_ms
+        else "  n/a"
+    )
+    return (
+        f"{run.rps / bare.rps:6.1%} of the bare endpoint just before it ({bare.rps:.1f} req/s), "
+        f"by CPU a request {by_cpu}"
+    )
+
+
 def _line(label: str, result: LoadResult) -> str:
     cpu = f", server CPU {result.server_cpu_ms:.1f} ms/req" if result.server_cpu_ms else ""
     if result.database_cpu_ms is not None and result.machine_cpu_ms is not None:
@@ -1070,6 +1088,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         def floor_lines(count: int) -> list[str]:
             return statement_requests(statements, count, args.merchants)
 
+        # Each ceiling beside a run of the bare endpoint made just before it (module docstring).
+        _progress("bare endpoint again, just before the next run: closed loop")
+        _, floor_bare = closed(bare_target, bare_lines)
         _progress(f"bare endpoint with as many statements as a payment ({statements}): closed loop")
         _, floor_closed = closed(bare_target, floor_lines)
 
@@ -1077,6 +1098,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         # runs above must not see. It copies a payment's rows, every control on: with controls
         # off a payment writes other rows (no risk decision without the risk engine).
         writes_runs: tuple[LoadResult, LoadResult] | None = None
+        writes_bare: LoadResult | None = None
         writes_answered = 0
         if not off:
             with container.sessions() as db:
@@ -1100,7 +1122,7 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
             def writes_lines(count: int) -> list[str]:
                 return spec_writes_requests(wallets, merchants, count)
 
-            _progress("bare endpoint writing a payment's essential rows: closed loop")
+            _progress("bare endpoint writing a payment's essential rows: a first pass")
             # A first pass of its own: each server process reads the rows it copies and prepares
             # its statement on first use, which would make closed_loop's warm-up underestimate
             # the rate and so shorten the measured run.
@@ -1111,6 +1133,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
                 workdir,
                 concurrency=args.concurrency,
             )
+            _progress("bare endpoint again, just before the next run: closed loop")
+            _, writes_bare = closed(bare_target, bare_lines)
+            _progress("bare endpoint writing a payment's essential rows: closed loop")
             writes_runs = closed(bare_target, writes_lines)
             writes_answered = first.requests - first.errors
 
@@ -1191,10 +1216,10 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         print(line)
     print(
         f"bare + {statements - 1} trivial SELECTs        : {floor_closed.rps:.1f} req/s, "
-        f"{floor_closed.rps / bare_closed.rps:6.1%} of bare: the most a payment of "
-        f"{statements} statements could reach here"
+        f"{_beside(floor_closed, floor_bare)}: the most a payment of {statements} statements "
+        "could reach here"
     )
-    if writes_runs is None:
+    if writes_runs is None or writes_bare is None:
         print("bare writing a payment's rows  : not run (--without: a payment writes other rows)")
     else:
         writes = writes_runs[1]
@@ -1205,9 +1230,9 @@ def run(args: argparse.Namespace, children: Children, workdir: Path, database_ur
         print(_line("bare + a payment's writes", writes))
         invalid = "  << errors: not a figure" if writes.errors else ""
         print(
-            f"bare writing a payment's rows  : {writes.rps / bare_closed.rps:6.1%} of bare, CPU "
-            f"a request {writes.machine_cpu_ms or 0:.1f} ms: the most a payment writing those "
-            f"rows could reach here{invalid}"
+            f"bare writing a payment's rows  : {_beside(writes, writes_bare)}, CPU a request "
+            f"{writes.machine_cpu_ms or 0:.1f} ms: the most a payment writing those rows could "
+            f"reach here{invalid}"
         )
     print("full garbage collections in the servers' processes during their runs (warm-ups in):")
     for name, folder, windows in (
