@@ -19,8 +19,9 @@ a payment's first requests leave for good (statements compiled once, the librari
 data read on first use: the BIN table, the password list). A full collection walked them all,
 20 ms in process and up to 110 ms in a server under load (``bench/bench_payments.py``, its
 full collections). ``frozen_heap`` therefore freezes once more, right after the first full
-collection that comes on its own (by then the process has served hundreds of requests): what
-survived it is the process's long-lived objects, and the collection has just been paid for.
+collection after start-up (under load it comes after a thousand payments or two; nothing here
+forces it): what survived it is the process's long-lived objects, and the collection has just
+been paid for.
 Whatever else is alive at that moment (the requests then in flight) is frozen with them; it is
 still freed by reference counting, and only its cycles, once, are kept.
 """
@@ -65,8 +66,8 @@ class _FreezeSurvivors:
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """For the life of a server process's app (its lifespan): freeze what start-up made
-    (``freeze_long_lived``), then, once, what survives the first full collection that comes on
-    its own. On leaving, the hook is removed and the heap unfrozen: a process that goes on (a
+    (``freeze_long_lived``), then, once, what survives the first full collection after that.
+    On leaving, the hook is removed and the heap unfrozen: a process that goes on (a
     test) gets its collector back as it was."""
     freeze_long_lived()
     hook = _FreezeSurvivors()
