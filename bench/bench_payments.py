@@ -47,7 +47,7 @@ this stack even if all its other work were free (``bench/statement_floor.py`` dr
 That share, and the next one, are of a closed loop of the plain bare endpoint run just before
 (by requests a second, and by CPU a request): the machine's speed drifts over minutes, and
 against the median round's bare figure, minutes earlier, the writes' share came out anywhere
-between 58 % and 138 % in six runs of one day.
+between 58 % and 138 % in the runs of one day.
 Only the CPU of that run is a figure: its latencies are those of one loopback connection used
 back to back, which on this machine wait some 40 ms a request for nothing the server does.
 
