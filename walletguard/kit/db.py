@@ -357,13 +357,10 @@ class _Prepared:
     the cursor's description) for the columns, and the class of its rows."""
 
     __slots__ = (
-        "bind",
         "columns",
-        "defaults",
         "keys",
         "numbered",
         "positions",
-        "required",
         "results",
         "results_in_utc",
         "row",
@@ -373,16 +370,13 @@ class _Prepared:
     def __init__(self, compiled: Any) -> None:
         self.sql: str = compiled.string
         binds = getattr(compiled, "binds", {})
-        self.defaults = {k: b.effective_value for k, b in binds.items() if not b.required}
-        self.required = frozenset(k for k, b in binds.items() if b.required)
         processors = getattr(compiled, "_bind_processors", {})
-        self.bind: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
         # What ``Core`` sends psycopg: the SQL with PostgreSQL's own numbered placeholders,
         # made once, and for each number the parameter's name, its value if the statement
-        # carries one, and its converter (``positional``).
+        # carries one (``_MISSING`` if the caller must give it), and SQLAlchemy's converter.
         self.numbered, names = numbered_placeholders(self.sql)
         self.positions: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...] = tuple(
-            (name, self.defaults.get(name, _MISSING), processors.get(name)) for name in names
+            (name, _own_value(binds.get(name)), processors.get(name)) for name in names
         )
         columns = getattr(compiled, "_result_columns", [])
         self.keys = [column.keyname for column in columns]
@@ -393,14 +387,10 @@ class _Prepared:
         self.results: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
         self.results_in_utc: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
-    def values(self, parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """The parameters with the statement's own values, or None if one it needs is missing."""
-        values = {**self.defaults, **(parameters or {})}
-        return values if self.required.issubset(values) else None
-
     def positional(self, parameters: Mapping[str, Any] | None) -> list[Any] | None:
-        """The values for ``numbered``'s placeholders, in their order and converted as
-        ``values`` and ``convert`` give them, or None if one the statement needs is missing."""
+        """The values for ``numbered``'s placeholders, in their order (the caller's, else the
+        statement's own) and converted (None stays None), or None if one the statement needs
+        is missing."""
         given = parameters or {}
         found = []
         for name, default, convert in self.positions:
@@ -409,13 +399,6 @@ class _Prepared:
                 return None
             found.append(value if convert is None or value is None else convert(value))
         return found
-
-    def convert(self, values: dict[str, Any]) -> None:
-        """SQLAlchemy's converters applied to ``values``, in place (None stays None)."""
-        for name, convert in self.bind:
-            value = values.get(name)
-            if value is not None:
-                values[name] = convert(value)
 
     def learn_rows(self, description: Sequence[Any], dialect: Dialect) -> None:
         """The row class and column converters, from the first result's description. The
@@ -443,6 +426,13 @@ class _Prepared:
 
 
 _MISSING: Any = object()  # a parameter neither given nor carried by the statement
+
+
+def _own_value(bind: Any) -> Any:
+    """The value a statement's parameter carries itself, or ``_MISSING`` if the caller gives it."""
+    return _MISSING if bind is None or bind.required else bind.effective_value
+
+
 # psycopg's placeholders in the SQL SQLAlchemy compiles for it: a named one, or a doubled % that
 # stands for one %.
 _PLACEHOLDER = re.compile(r"%\(([^)]+)\)s|%%")
@@ -624,11 +614,11 @@ def _driver_form(
     if prepared is None:
         return None
     assert isinstance(prepared, _Prepared)
-    values = prepared.values(parameters)
+    values = prepared.positional(parameters)
     if values is None:
         return None
-    prepared.convert(values)
-    return prepared.sql, values
+    names = (name for name, _own, _convert in prepared.positions)
+    return prepared.sql, dict(zip(names, values, strict=True))
 
 
 def _listened(connection: Connection) -> bool:
