@@ -82,7 +82,7 @@ from bench.bench_payments import (
     server,
     server_env,
 )
-from walletguard.bootstrap import build_container
+from walletguard.bootstrap import Container, build_container
 from walletguard.migrations import upgrade
 from walletguard.wallet.ledger import HOLDER
 from walletguard.wallet.models import LedgerAccount, LedgerTransaction
@@ -264,7 +264,7 @@ class Killer(threading.Thread):
             self.killed.append(victim)
 
 
-def holder_totals(container: Any) -> tuple[int, int, int]:
+def holder_totals(container: Container) -> tuple[int, int, int]:
     """The holders' balances added up, every account's, and the lowest available balance."""
     with container.sessions() as db:
         held = db.scalar(
