@@ -75,10 +75,11 @@ from bench.bench_payments import (
     _progress,
     add_admin_url_argument,
     at_least,
+    healthz_status,
     ledger_and_audit_checks,
+    live_processes,
     on_fresh_database,
     prepare_holders,
-    proc_stat,
     server,
     server_env,
 )
@@ -211,9 +212,8 @@ def worker_pids(master: int) -> list[int]:
     """uvicorn's worker processes under ``master`` (spawned: ``--multiprocessing-fork`` in their
     command line; the supervisor's other child, multiprocessing's resource tracker, is not one)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = proc_stat(stat)
-        if fields is None or int(fields[1]) != master:
+    for stat, fields in live_processes():
+        if int(fields[1]) != master:
             continue
         try:
             command = (stat.parent / "cmdline").read_bytes()
@@ -222,17 +222,6 @@ def worker_pids(master: int) -> list[int]:
         if b"--multiprocessing-fork" in command:
             found.append(int(stat.parent.name))
     return found
-
-
-def _answers(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except (OSError, http.client.HTTPException):
-        return False
 
 
 class Killer(threading.Thread):
@@ -251,7 +240,8 @@ class Killer(threading.Thread):
         while not self.stop.wait(self.rng.uniform(0.5, 1.5) * self.every):
             while not self.stop.is_set():
                 live = worker_pids(self.target.pid)
-                if len(live) >= self.workers and _answers(self.target.port):
+                up = healthz_status(self.target.port, timeout=5) == 200
+                if len(live) >= self.workers and up:
                     break
                 self.stop.wait(0.2)
             else:

@@ -235,12 +235,20 @@ def processes_cpu_seconds(keep: Callable[[Path, list[str]], bool]) -> float:
     ``/proc/<pid>/stat`` and its ``proc_stat`` fields) keeps; one that ends while it is read,
     or whose files cannot be read, is left out."""
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat, fields in live_processes():
         with suppress(OSError, ValueError, IndexError):
-            fields = proc_stat(stat)
-            if fields is not None and keep(stat, fields):
+            if keep(stat, fields):
                 total += cpu_seconds_of(fields)
     return total
+
+
+def live_processes() -> Iterator[tuple[Path, list[str]]]:
+    """Each live process's ``/proc/<pid>/stat`` path and its ``proc_stat`` fields; one that
+    ends while it is read is left out."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = proc_stat(stat)
+        if fields is not None:
+            yield stat, fields
 
 
 def proc_stat(path: Path) -> list[str] | None:
@@ -251,7 +259,8 @@ def proc_stat(path: Path) -> list[str] | None:
     return None
 
 
-CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")  # /proc's unit of a process's CPU time
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")  # /proc's unit of a process's CPU time
+CLOCK_TICK_MS = 1000 / CLOCK_TICKS_PER_S
 MIN_TICKS = 20  # fewer, and a figure of CPU per request is mostly the rounding to whole ticks
 
 
@@ -262,7 +271,7 @@ def cpu_ticks(result: LoadResult) -> int:
 
 def cpu_seconds_of(fields: list[str]) -> float:
     """User + system CPU time in a process's ``proc_stat`` fields."""
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
 
 
 @contextmanager
@@ -310,15 +319,23 @@ def _wait_until_up(process: subprocess.Popen[bytes], port: int, timeout: float =
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the server exited with code {process.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            conn.getresponse().read()
-            conn.close()
+        if healthz_status(port, timeout=2) is not None:
             return
-        except OSError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     raise SystemExit(f"the server on port {port} did not answer within {timeout:.0f} s")
+
+
+def healthz_status(port: int, *, timeout: float) -> int | None:
+    """The status ``GET /healthz`` gets from the server on ``port``, or None if none answers."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def database_cpu_seconds(database: str) -> float:
